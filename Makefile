@@ -1,0 +1,47 @@
+# Aqueduct: `make run` starts everything on embedded defaults; `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPS   := $(VENV)/.deps-installed
+PROTOS := $(shell find proto -name '*.proto')
+GEN    := gen/.generated
+
+.PHONY: setup proto run test unit integration lint bench clean
+
+setup: $(GEN)
+
+# llama-cpp-python compiles from source; pip's wheel cache makes re-installs quick.
+$(DEPS): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	touch $@
+
+# Generated code lives in gen/ (not committed); a .pth file puts it and the
+# repository root on the environment's import path.
+$(GEN): $(DEPS) $(PROTOS)
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -I proto --python_out=gen --grpc_python_out=gen \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen \
+		$(PROTOS)
+	$(PY) -c "import site; open(site.getsitepackages()[0] + '/aqueduct.pth', 'w').write('$(CURDIR)/gen\n$(CURDIR)\n')"
+	touch $@
+
+proto: $(GEN)
+
+run: setup
+	$(PY) -m scripts.run
+
+test: setup
+	$(PY) -m pytest
+
+unit: setup
+	$(PY) -m pytest tests/unit
+
+integration: setup
+	$(PY) -m pytest tests/integration
+
+clean:
+	rm -rf gen .pytest_cache

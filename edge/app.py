@@ -1,0 +1,151 @@
+"""The Starlette application: routes, shared gRPC channels, error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from aqueduct.auth.v1 import auth_pb2_grpc
+from aqueduct.inference.v1 import inference_pb2 as pb
+from aqueduct.inference.v1 import inference_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edge.auth import Authenticator
+from edge.chat import ChatHandler
+from edge.config import Settings
+from edge.errors import ApiError, from_rpc_error
+from edge.grpc_clients import open_channel
+from edge.http import error_response, json_response, request_id
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT_S = 1.0
+
+
+class Gateway:
+    """Everything the routes share, built once: channels, stubs, caches."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.channels = {
+            "auth": open_channel(settings.auth_addresses),
+            "files": open_channel(settings.files_addresses),
+            "inference": open_channel(settings.inference_addresses),
+        }
+        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
+        self.authenticator = Authenticator(
+            auth_pb2_grpc.AuthServiceStub(self.channels["auth"]), settings.key_cache_ttl_s
+        )
+        self.chat = ChatHandler(self.authenticator, self.inference, settings.max_body_bytes)
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()
+
+    async def models(self, request: Request) -> Response:
+        principal = await self.authenticator.authenticate(request.headers, request_id(request))
+        try:
+            listed = await self.inference.ListModels(pb.ListModelsRequest(), timeout=5.0)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "inference") from None
+        allowed = set(principal.allowed_models)
+        data = [
+            {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+            for m in listed.models if not allowed or m.id in allowed
+        ]
+        return json_response({"object": "list", "data": data},
+                             headers={"x-request-id": request_id(request)})
+
+    async def healthz(self, _request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, _request: Request) -> Response:
+        names = list(self.channels)
+        results = await asyncio.gather(*(self._serving(self.channels[n]) for n in names))
+        status = dict(zip(names, results, strict=True))
+        ready = all(v == "SERVING" for v in results)
+        return json_response({"status": "ready" if ready else "unavailable", "services": status},
+                             status=200 if ready else 503)
+
+    async def _serving(self, channel: grpc.aio.Channel) -> str:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=READY_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return error_response(error, request)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    if error.status_code == 404:
+        api = ApiError(404, f"Unknown route: {request.method} {request.url.path}.",
+                       type="not_found_error", code="unknown_route")
+    elif error.status_code == 405:
+        api = ApiError(405, f"Method {request.method} is not allowed on {request.url.path}.",
+                       code="method_not_allowed")
+    else:
+        api = ApiError(error.status_code, str(error.detail))
+    return error_response(api, request)
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    log.exception("unhandled error", extra={"request_id": request_id(request)}, exc_info=error)
+    return error_response(ApiError(500, "The server had an error processing your request.",
+                                   type="server_error", code="internal_error"), request)
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+async def _chat(request: Request) -> Response:
+    return await _gateway(request).chat(request)  # type: ignore[return-value]
+
+
+async def _models(request: Request) -> Response:
+    return await _gateway(request).models(request)
+
+
+async def _healthz(request: Request) -> Response:
+    return await _gateway(request).healthz(request)
+
+
+async def _readyz(request: Request) -> Response:
+    return await _gateway(request).readyz(request)
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.gateway = gateway = Gateway(settings)  # channels bind to the running loop
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    routes = [Route("/healthz", _healthz), Route("/readyz", _readyz)]
+    for prefix in ("/v1", ""):
+        routes += [
+            Route(f"{prefix}/chat/completions", _chat, methods=["POST"]),
+            Route(f"{prefix}/models", _models, methods=["GET"]),
+        ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error,
+                            Exception: _internal_error},
+    )

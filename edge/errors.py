@@ -1,0 +1,92 @@
+"""The OpenAI error shape, and the one table that maps gRPC statuses to it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import grpc
+import orjson
+
+from services.common.status import error_info
+
+log = logging.getLogger(__name__)
+
+# gRPC status -> (HTTP status, OpenAI error type). ARCHITECTURE.md's map.
+GRPC_TO_HTTP: Mapping[grpc.StatusCode, tuple[int, str]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (422, "unprocessable_entity_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable_error"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error"),
+}
+INTERNAL = (500, "server_error")
+
+
+class ApiError(Exception):
+    """An error answered to the client as `{"error": {...}}` with an HTTP status."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:
+    """Map a failed gRPC call once, by table; internal details stay in the log."""
+    code = error.code()
+    if code == grpc.StatusCode.CANCELLED:
+        return ApiError(499, "Request cancelled.", type="cancelled", code="cancelled")
+    mapped = GRPC_TO_HTTP.get(code)
+    info = error_info(error)
+    if mapped is None:
+        log.error("internal error from %s: %s %s", service, code.name, error.details())
+        return ApiError(500, "The server had an error processing your request.",
+                        type=INTERNAL[1], code="internal_error")
+    if code == grpc.StatusCode.UNAVAILABLE and info is None:
+        # Transport failure rather than a service's own verdict.
+        log.warning("%s unreachable: %s", service, error.details())
+        return ApiError(503, f"The {service} service is unavailable; try again shortly.",
+                        type=mapped[1], code="service_unavailable")
+    status, type_ = mapped
+    return ApiError(
+        status,
+        error.details() or type_,
+        type=type_,
+        param=info.metadata.get("param") if info else None,
+        code=info.reason.lower() if info else None,
+    )

@@ -1,0 +1,127 @@
+"""HTTP plumbing for the edge: bodies with limits, JSON answers, request ids,
+and streaming that stops the producer the moment the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from edge.errors import ApiError
+
+T = TypeVar("T")
+REQUEST_ID_KEY = "aqueduct.request_id"
+
+
+def request_id(request: Request) -> str:
+    """The caller's `x-request-id` if sane, else a fresh one; stable per request."""
+    rid = request.scope.get(REQUEST_ID_KEY)
+    if rid is None:
+        given = request.headers.get("x-request-id", "")
+        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        request.scope[REQUEST_ID_KEY] = rid
+    return str(rid)
+
+
+def json_response(payload: bytes | Any, status: int = 200,
+                  headers: Mapping[str, str] | None = None) -> Response:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(error: ApiError, request: Request) -> Response:
+    headers = {"x-request-id": request_id(request), **error.headers}
+    return json_response(error.json(), error.status, headers)
+
+
+async def read_json(request: Request, limit: int) -> object:
+    """The request body parsed as JSON: 415 for other media, 413 over `limit`."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, f"Content-Type must be application/json; got '{media}'.",
+                       code="unsupported_media_type")
+    too_large = ApiError(413, f"Request body is larger than {limit // (1024 * 1024)} MB.",
+                         code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, f"The request body is not valid JSON: {error}.",
+                       code="invalid_json") from None
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    Cancelling the work cancels the gRPC call beneath it, which cancels the
+    generation or upstream request: nobody computes for a client who left.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task.cancelled():
+        raise ApiError(499, "Client closed the request.", type="cancelled", code="cancelled")
+    return task.result()
+
+
+class EventStream:
+    """An SSE answer: `first` is already produced, `rest` is pumped as it comes.
+
+    Each item of `rest` goes out as one socket write. When the client
+    disconnects, `rest` is closed at once (its `finally` cancels the gRPC call).
+    """
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        self.first = first
+        self.rest = rest
+        self.headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+                *self.headers,
+            ],
+        })
+        await send({"type": "http.response.body", "body": self.first, "more_body": True})
+        with contextlib.suppress(ApiError):
+            await until_disconnect(receive, self._pump(send))
+
+    async def _pump(self, send: Send) -> None:
+        try:
+            async for chunk in self.rest:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            aclose = getattr(self.rest, "aclose", None)
+            if aclose is not None:
+                await aclose()

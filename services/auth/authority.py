@@ -1,0 +1,70 @@
+"""Key verification and bootstrap: the auth service's domain logic."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from services.auth.keys import KeyRecord, hash_secret, new_key_id, new_secret, preview
+from services.auth.store import KeyStore
+from services.common.errors import Kind, ServiceError
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_FILE = "bootstrap-key"
+
+
+class KeyAuthority:
+    def __init__(self, store: KeyStore) -> None:
+        self.store = store
+
+    async def verify(self, secret: str) -> KeyRecord:
+        """The active key behind `secret`, compared exactly (case, spaces, prefix)."""
+        if not secret:
+            raise ServiceError(Kind.UNAUTHENTICATED, "KEY_MISSING", "No API key provided.")
+        record = await asyncio.to_thread(self.store.find_by_hash, hash_secret(secret))
+        if record is None:
+            raise ServiceError(Kind.UNAUTHENTICATED, "KEY_UNKNOWN", "Incorrect API key provided.")
+        if record.revoked:
+            raise ServiceError(Kind.UNAUTHENTICATED, "KEY_REVOKED", "This API key has been revoked.")
+        if not record.usable_at(time.time()):
+            raise ServiceError(Kind.UNAUTHENTICATED, "KEY_EXPIRED", "This API key has expired.")
+        return record
+
+
+def bootstrap_admin(store: KeyStore, data_dir: Path, configured_secret: str | None) -> None:
+    """Make sure an operator can reach the admin API (the contract's bootstrap key).
+
+    With a configured secret: that secret is an active admin key (idempotent).
+    Without: on first start, when no admin key exists, create one, print it once
+    and keep it in `<data_dir>/bootstrap-key` (mode 0600).
+    """
+    if configured_secret:
+        store.ensure_active_admin(_admin_record(configured_secret), hash_secret(configured_secret))
+        log.info("bootstrap admin key ensured", extra={"key_preview": preview(configured_secret)})
+        return
+    if store.has_admin_key():
+        return
+    secret = new_secret()
+    path = data_dir / BOOTSTRAP_FILE
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+    os.chmod(path, 0o600)
+    store.insert(_admin_record(secret), hash_secret(secret))
+    print(f"Aqueduct bootstrap admin key (shown once, also in {path}): {secret}", flush=True)
+
+
+def _admin_record(secret: str) -> KeyRecord:
+    return KeyRecord(
+        id=new_key_id(),
+        name="bootstrap-admin",
+        team="admin",
+        preview=preview(secret),
+        admin=True,
+        models=None,
+        created_at=int(time.time()),
+    )

@@ -1,0 +1,119 @@
+"""Lifecycle shared by every gRPC service: health, reflection, graceful stop.
+
+Health reports NOT_SERVING until the service says it is ready (model loaded,
+database reachable), and goes NOT_SERVING again at the start of shutdown so load
+balancers drain it before in-flight calls are given their grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 80 * 1024 * 1024),
+    ("grpc.max_send_message_length", 80 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+class ServiceHost:
+    """One grpc.aio server with the standard health and reflection services."""
+
+    def __init__(self, address: str, service_names: Sequence[str]) -> None:
+        self.address = address
+        self.service_names = list(service_names)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind and start answering (health says NOT_SERVING); returns the port."""
+        self.port = self.server.add_insecure_port(self.address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        return self.port
+
+    async def mark_serving(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+
+async def run_until_signalled(
+    name: str,
+    host: ServiceHost,
+    ready: Callable[[], Awaitable[None]],
+    close: Callable[[], Awaitable[None]],
+    grace: float = 5.0,
+) -> None:
+    """Start, get ready, serve until SIGTERM/SIGINT, then drain and close.
+
+    In-flight calls get `grace` seconds to finish; after that they are cancelled,
+    which cancels generations and upstream requests beneath them.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    port = await host.start()
+    log.info("listening", extra={"address": host.address, "port": port})
+    try:
+        await ready()
+        await host.mark_serving()
+        log.info("serving", extra={"service": name})
+        await stop.wait()
+        log.info("shutting down", extra={"grace_s": grace})
+    finally:
+        await host.stop(grace)
+        await close()
+    log.info("stopped")
+
+
+class GrpcService:
+    """Base for a service process: subclasses set `name` and `host`, and may
+    override `ready` (load, connect) and `close` (release)."""
+
+    name: str
+    host: ServiceHost
+
+    async def ready(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def start(self) -> int:
+        """Start and get ready without waiting for signals (tests, embedding)."""
+        port = await self.host.start()
+        await self.ready()
+        await self.host.mark_serving()
+        return port
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self.host.stop(grace)
+        await self.close()
+
+    async def run(self) -> None:
+        await run_until_signalled(self.name, self.host, self.ready, self.close)

@@ -1,0 +1,29 @@
+"""Inference service settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.config import env, env_int, listen_address
+
+
+@dataclass(frozen=True)
+class Settings:
+    address: str
+    models_config: Path | None
+    local_n_ctx: int = 8192
+    local_threads: int = 2
+    local_max_waiting: int = 16
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        path = env("AQUEDUCT_MODELS_CONFIG", "")
+        return cls(
+            address=listen_address("inference"),
+            models_config=Path(path) if path else None,
+            local_n_ctx=env_int("AQUEDUCT_LOCAL_N_CTX", 8192, minimum=256),
+            local_threads=env_int("AQUEDUCT_LOCAL_THREADS", min(4, os.cpu_count() or 1), minimum=1),
+            local_max_waiting=env_int("AQUEDUCT_LOCAL_MAX_WAITING", 16, minimum=0),
+        )

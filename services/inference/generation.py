@@ -1,0 +1,60 @@
+"""What a generation is, independent of transport and backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stops: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+    user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    choice_index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The end of a generation: why each choice stopped and the exact token counts."""
+
+    finish_reasons: dict[int, str]  # choice index -> "stop" | "length" | "content_filter"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# A backend yields batches of deltas (all it had at the time) and then one Finish.
+Event = list[Delta] | Finish
+
+
+class ChatBackend(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]: ...

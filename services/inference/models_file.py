@@ -1,0 +1,161 @@
+"""The models file (AQUEDUCT_MODELS_CONFIG): parsed and checked at start-up.
+
+Every problem is reported with the file name and the key path, e.g.
+`models.yaml: models[1].upstreams[0].url: required`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.common.config import ConfigError
+
+BACKENDS = ("local", "openai")
+MODEL_KEYS = {"name", "backend", "aliases", "timeout_s", "upstreams", "path", "fallbacks", "owned_by"}
+UPSTREAM_KEYS = {"url", "api_key", "api_key_env", "model"}
+DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    url: str
+    api_key: str | None
+    model: str | None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    backend: str
+    aliases: tuple[str, ...] = ()
+    timeout_s: float = 600.0
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    path: Path | None = None  # local: a GGUF file; default the bundled model
+    fallbacks: tuple[str, ...] = ()
+    owned_by: str = "aqueduct"
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    models: tuple[ModelSpec, ...] = field(default_factory=tuple)
+
+
+BUILT_IN = ModelsConfig((ModelSpec(name=DEFAULT_LOCAL_MODEL, backend="local"),))
+
+
+def load(path: Path | None) -> ModelsConfig:
+    if path is None:
+        return BUILT_IN
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse(document, str(path))
+
+
+def parse(document: Any, source: str) -> ModelsConfig:
+    def fail(where: str, problem: str) -> ConfigError:
+        return ConfigError(f"{source}: {where}: {problem}")
+
+    if not isinstance(document, dict):
+        raise fail("(top level)", "must be a mapping with a 'models' list")
+    unknown = set(document) - {"models"}
+    if unknown:
+        raise fail(sorted(unknown)[0], "unknown key")
+    entries = document.get("models")
+    if not isinstance(entries, list) or not entries:
+        raise fail("models", "must be a non-empty list")
+    models = [_model(entry, f"models[{i}]", fail) for i, entry in enumerate(entries)]
+    seen: dict[str, str] = {}
+    for i, model in enumerate(models):
+        for model_id in (model.name, *model.aliases):
+            if model_id in seen:
+                raise fail(f"models[{i}]", f"id '{model_id}' is already used by {seen[model_id]}")
+            seen[model_id] = f"models[{i}]"
+    for i, model in enumerate(models):
+        for j, fallback in enumerate(model.fallbacks):
+            if fallback not in seen:
+                raise fail(f"models[{i}].fallbacks[{j}]", f"unknown model '{fallback}'")
+    return ModelsConfig(tuple(models))
+
+
+def _model(entry: Any, where: str, fail: Any) -> ModelSpec:
+    if not isinstance(entry, dict):
+        raise fail(where, "must be a mapping")
+    for key in entry:
+        if key not in MODEL_KEYS:
+            raise fail(f"{where}.{key}", "unknown key")
+    name = _string(entry, "name", where, fail, required=True)
+    backend = _string(entry, "backend", where, fail, required=True)
+    if backend not in BACKENDS:
+        raise fail(f"{where}.backend", f"must be one of {', '.join(BACKENDS)}; got '{backend}'")
+    timeout = entry.get("timeout_s", 600.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise fail(f"{where}.timeout_s", "must be a positive number of seconds")
+    upstreams = entry.get("upstreams")
+    if backend == "openai":
+        if not isinstance(upstreams, list) or not upstreams:
+            raise fail(f"{where}.upstreams", "required: a non-empty list for backend openai")
+        parsed = tuple(_upstream(u, f"{where}.upstreams[{i}]", fail) for i, u in enumerate(upstreams))
+    elif upstreams is not None:
+        raise fail(f"{where}.upstreams", f"not allowed for backend {backend}")
+    else:
+        parsed = ()
+    path = entry.get("path")
+    if path is not None and (backend != "local" or not isinstance(path, str)):
+        raise fail(f"{where}.path", "a GGUF file path, only for backend local")
+    return ModelSpec(
+        name=name,
+        backend=backend,
+        aliases=_strings(entry, "aliases", where, fail),
+        timeout_s=float(timeout),
+        upstreams=parsed,
+        path=Path(path) if path else None,
+        fallbacks=_strings(entry, "fallbacks", where, fail),
+        owned_by=_string(entry, "owned_by", where, fail) or "aqueduct",
+    )
+
+
+def _upstream(entry: Any, where: str, fail: Any) -> UpstreamSpec:
+    if not isinstance(entry, dict):
+        raise fail(where, "must be a mapping")
+    for key in entry:
+        if key not in UPSTREAM_KEYS:
+            raise fail(f"{where}.{key}", "unknown key")
+    url = _string(entry, "url", where, fail, required=True)
+    if not url.startswith(("http://", "https://")):
+        raise fail(f"{where}.url", "must start with http:// or https://")
+    api_key = _string(entry, "api_key", where, fail)
+    env_name = _string(entry, "api_key_env", where, fail)
+    if api_key and env_name:
+        raise fail(where, "give api_key or api_key_env, not both")
+    if env_name:
+        api_key = os.environ.get(env_name)
+        if not api_key:
+            raise fail(f"{where}.api_key_env", f"environment variable {env_name} is not set")
+    return UpstreamSpec(url=url.rstrip("/"), api_key=api_key, model=_string(entry, "model", where, fail))
+
+
+def _string(entry: dict[str, Any], key: str, where: str, fail: Any, required: bool = False) -> str:
+    value = entry.get(key)
+    if value is None:
+        if required:
+            raise fail(f"{where}.{key}", "required")
+        return ""
+    if not isinstance(value, str) or not value:
+        raise fail(f"{where}.{key}", "must be a non-empty string")
+    return value
+
+
+def _strings(entry: dict[str, Any], key: str, where: str, fail: Any) -> tuple[str, ...]:
+    value = entry.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise fail(f"{where}.{key}", "must be a list of non-empty strings")
+    return tuple(value)

@@ -1,0 +1,83 @@
+"""InferenceService: protobuf <-> the model registry, nothing more."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from aqueduct.inference.v1 import inference_pb2 as pb
+from aqueduct.inference.v1 import inference_pb2_grpc
+
+from services.common.errors import ServiceError
+from services.common.status import abort
+from services.inference.generation import ChatRequest, Finish, Message, Sampling
+from services.inference.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+FINISH_REASONS = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
+}
+
+
+def chat_request(message: pb.StreamChatCompletionRequest) -> ChatRequest:
+    s = message.sampling
+    return ChatRequest(
+        model=message.model,
+        messages=tuple(Message(m.role, m.content, m.name) for m in message.messages),
+        sampling=Sampling(
+            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
+            temperature=s.temperature if s.HasField("temperature") else None,
+            top_p=s.top_p if s.HasField("top_p") else None,
+            stops=tuple(s.stops),
+            seed=s.seed if s.HasField("seed") else None,
+            presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
+            frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
+        ),
+        user=message.user,
+    )
+
+
+def summary_message(finish: Finish, model: str) -> pb.StreamChatCompletionResponse:
+    return pb.StreamChatCompletionResponse(summary=pb.Summary(
+        choice_ends=[pb.ChoiceEnd(choice_index=i, finish_reason=FINISH_REASONS[r])
+                     for i, r in sorted(finish.finish_reasons.items())],
+        usage=pb.Usage(prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens),
+        model=model,
+    ))
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[
+            pb.Model(id=model_id, owned_by=m.spec.owned_by, created=m.created)
+            for m in self.registry.models for model_id in (m.spec.name, *m.spec.aliases)
+        ])
+
+    async def StreamChatCompletion(
+        self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
+        try:
+            model = self.registry.resolve(request.model)
+            served = model.spec.name
+            first = True
+            async for event in model.backend.stream_chat(chat_request(request)):
+                if isinstance(event, Finish):
+                    yield summary_message(event, served)
+                    return
+                batch = pb.DeltaBatch(
+                    deltas=[pb.Delta(choice_index=d.choice_index, content=d.text) for d in event],
+                    model=served if first else "",
+                )
+                first = False
+                yield pb.StreamChatCompletionResponse(deltas=batch)
+        except ServiceError as error:
+            await abort(context, error)
