@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 
 import uvicorn
+import uvloop
 
 from edge.app import create_app
 from edge.config import Settings
 from services.common import logs
 from services.common.config import ConfigError, env
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process
+    would end "killed by signal"; a clean stop should exit 0 like the services."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 def main() -> None:
@@ -19,7 +40,7 @@ def main() -> None:
     except ConfigError as error:
         print(f"edge: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -29,6 +50,7 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    uvloop.run(_Server(config).serve())
 
 
 if __name__ == "__main__":

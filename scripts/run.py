@@ -83,16 +83,18 @@ def _edge_ready(base: str) -> bool:
         return False
 
 
-def announce(env: dict[str, str], base: str) -> None:
+def announce(env: dict[str, str], base: str, children: dict[str, subprocess.Popen[bytes]]) -> None:
     if env.get("AQUEDUCT_BOOTSTRAP_KEY"):
         key = "$AQUEDUCT_BOOTSTRAP_KEY"
     else:
         key = f"$(cat {Path(env['AQUEDUCT_DATA_DIR']) / 'bootstrap-key'})"
-    grpc_lines = "\n".join(
-        f"  {s:<10} grpc  {env[f'AQUEDUCT_{s.upper()}_ADDR']}" for s in ("auth", "files", "inference")
-    )
+    lines = [f"  edge       http  {base}/v1  (pid {children['edge'].pid})"] + [
+        f"  {s:<10} grpc  {env[f'AQUEDUCT_{s.upper()}_ADDR']}  (pid {children[s].pid})"
+        for s in ("auth", "files", "inference")
+    ]
+    listing = "\n".join(lines)
     print(
-        f"\nAqueduct is ready.\n  edge       http  {base}/v1\n{grpc_lines}\n\n"
+        f"\nAqueduct is ready.\n{listing}\n\n"
         f"Try it:\n  curl {base}/v1/chat/completions \\\n"
         f"    -H \"Authorization: Bearer {key}\" -H 'Content-Type: application/json' \\\n"
         "    -d '{\"model\": \"smollm2-135m-instruct\", "
@@ -124,7 +126,7 @@ def supervise(children: dict[str, subprocess.Popen[bytes]], env: dict[str, str])
                 return 1
         if not announced:
             if _edge_ready(base):
-                announce(env, base)
+                announce(env, base, children)
                 announced = True
             elif time.monotonic() - started > READY_TIMEOUT_S:
                 print(f"aqueduct: not ready after {READY_TIMEOUT_S:.0f} s; see {base}/readyz",

@@ -16,6 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.config import env_float
+
 log = logging.getLogger(__name__)
 
 SERVER_OPTIONS = [
@@ -116,4 +118,5 @@ class GrpcService:
         await self.close()
 
     async def run(self) -> None:
-        await run_until_signalled(self.name, self.host, self.ready, self.close)
+        grace = env_float("AQUEDUCT_SHUTDOWN_GRACE_S", 5.0)
+        await run_until_signalled(self.name, self.host, self.ready, self.close, grace)

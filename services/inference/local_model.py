@@ -52,7 +52,7 @@ class LocalModelOptions:
     max_waiting: int = 16  # requests allowed to wait while one generates
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     request: ChatRequest
     emit: Callable[[object], None]
@@ -64,16 +64,23 @@ class LocalChatModel:
         self.model_id = model_id
         self.options = options
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"llama-{model_id}")
-        self._admitted = 0  # running plus waiting
+        self._jobs: set[_Job] = set()  # running plus waiting
         self._llm: Any = None
         self._formatter: Any = None
         self._is_end: Callable[[int], bool] = lambda _token: False
+
+    @property
+    def in_flight(self) -> int:
+        """Requests generating or waiting; each holds the model until its thread is done."""
+        return len(self._jobs)
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for job in self._jobs:
+            job.cancelled.set()
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
     def _load(self) -> None:
         import llama_cpp
@@ -106,18 +113,18 @@ class LocalChatModel:
         log.info("local model loaded", extra={"model": self.model_id, "n_ctx": self.options.n_ctx})
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
-        if self._admitted > self.options.max_waiting:
+        if self.in_flight > self.options.max_waiting:
             raise ServiceError(
                 Kind.UNAVAILABLE, "MODEL_BUSY",
-                f"Model '{self.model_id}' is busy: {self._admitted - 1} requests are already "
+                f"Model '{self.model_id}' is busy: {self.in_flight - 1} requests are already "
                 "waiting for it. Retry shortly.",
             )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         job = _Job(request, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
-        self._admitted += 1
+        self._jobs.add(job)
         future = loop.run_in_executor(self._executor, self._generate, job)
-        future.add_done_callback(self._release)
+        future.add_done_callback(lambda _: self._jobs.discard(job))
         try:
             while True:
                 items = [await queue.get()]
@@ -134,9 +141,6 @@ class LocalChatModel:
                     return
         finally:
             job.cancelled.set()  # the thread stops at its next token
-
-    def _release(self, _future: object) -> None:
-        self._admitted -= 1
 
     def _generate(self, job: _Job) -> None:
         """Runs on the model's thread: the whole decode loop for one request."""
@@ -171,6 +175,10 @@ class LocalChatModel:
         llm.set_seed(seed % 2**32)
         temperature = OPENAI_DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature
         stops = StopMatcher(sampling.stops)
+        # Evaluate the whole prompt every time: reusing a cached prefix evaluates
+        # tokens in other batch shapes, which shifts logits enough to change
+        # greedy output, and temperature 0 with a seed must reproduce exactly.
+        llm.reset()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         produced, reason, hit_stop = 0, "length", False
         tokens = llm.generate(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
@@ -64,20 +64,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def StreamChatCompletion(
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
+    ) -> None:
+        # A coroutine that writes, not an async generator: when the call is
+        # cancelled (client gone, shutdown) the CancelledError lands inside the
+        # `aclosing` block, so the backend stream is closed at once and stops
+        # its generation or upstream request. A suspended generator would not be.
         try:
             model = self.registry.resolve(request.model)
-            served = model.spec.name
-            first = True
-            async for event in model.backend.stream_chat(chat_request(request)):
-                if isinstance(event, Finish):
-                    yield summary_message(event, served)
-                    return
-                batch = pb.DeltaBatch(
-                    deltas=[pb.Delta(choice_index=d.choice_index, content=d.text) for d in event],
-                    model=served if first else "",
-                )
-                first = False
-                yield pb.StreamChatCompletionResponse(deltas=batch)
+            served, first = model.spec.name, True
+            async with contextlib.aclosing(model.backend.stream_chat(chat_request(request))) as events:
+                async for event in events:
+                    if isinstance(event, Finish):
+                        await context.write(summary_message(event, served))
+                        return
+                    batch = pb.DeltaBatch(
+                        deltas=[pb.Delta(choice_index=d.choice_index, content=d.text) for d in event],
+                        model=served if first else "",
+                    )
+                    first = False
+                    await context.write(pb.StreamChatCompletionResponse(deltas=batch))
         except ServiceError as error:
             await abort(context, error)

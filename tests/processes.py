@@ -1,0 +1,46 @@
+"""Helpers for tests that run Aqueduct's real entry points as OS processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, *args], cwd=REPO, env=full_env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"{process.args} did not stop within {timeout} s of SIGTERM") from None

@@ -1,0 +1,117 @@
+"""Run the real services and a real uvicorn edge on 127.0.0.1 ephemeral ports.
+
+Everything runs on one uvloop event loop in a background thread, so tests drive
+it over real sockets with ordinary synchronous clients (the openai SDK, grpc).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+import uvloop
+
+from edge.app import create_app
+from edge.config import Settings as EdgeSettings
+from services.auth.config import Settings as AuthSettings
+from services.auth.server import AuthServer
+from services.files.server import FilesServer
+from services.inference.config import Settings as InferenceSettings
+from services.inference.server import InferenceServer
+
+T = TypeVar("T")
+ADMIN_KEY = "sk-aq-test-admin-0123456789abcdefghijklmnopqrstuv"
+
+
+class LoopThread:
+    """An event loop running forever in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    models_config: Path | None = None
+    loop: LoopThread = field(default_factory=LoopThread)
+    auth: AuthServer | None = None
+    files: FilesServer | None = None
+    inference: InferenceServer | None = None
+    edge: uvicorn.Server | None = None
+    edge_task: asyncio.Task[None] | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['edge']}"
+
+    def address(self, service: str) -> str:
+        return f"127.0.0.1:{self.ports[service]}"
+
+    def start(self) -> Stack:
+        self.loop.run(self._start(), timeout=120)
+        return self
+
+    async def _start(self) -> None:
+        self.auth = AuthServer(AuthSettings(
+            address="127.0.0.1:0", data_dir=self.data_dir,
+            database_url=f"sqlite:///{self.data_dir / 'aqueduct.db'}", bootstrap_key=ADMIN_KEY,
+        ))
+        self.files = FilesServer("127.0.0.1:0")
+        self.inference = InferenceServer(InferenceSettings(
+            address="127.0.0.1:0", models_config=self.models_config, local_threads=2,
+        ))
+        self.ports["auth"] = await self.auth.start()
+        self.ports["files"] = await self.files.start()
+        self.ports["inference"] = await self.inference.start()
+        await self.start_edge()
+
+    async def start_edge(self, **overrides: Any) -> None:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        self.ports["edge"] = listener.getsockname()[1]
+        settings = EdgeSettings(**{
+            "host": "127.0.0.1",
+            "port": self.ports["edge"],
+            "auth_addresses": (self.address("auth"),),
+            "files_addresses": (self.address("files"),),
+            "inference_addresses": (self.address("inference"),),
+            "max_body_bytes": 1024 * 1024,
+            **overrides,
+        })
+        config = uvicorn.Config(create_app(settings), http="httptools", log_config=None,
+                                access_log=False, lifespan="on")
+        self.edge = uvicorn.Server(config)
+        self.edge_task = asyncio.ensure_future(self.edge.serve(sockets=[listener]))
+        while not self.edge.started:
+            if self.edge_task.done():
+                self.edge_task.result()
+            await asyncio.sleep(0.01)
+
+    def stop(self) -> None:
+        self.loop.run(self._stop(), timeout=60)
+        self.loop.close()
+
+    async def _stop(self) -> None:
+        if self.edge is not None and self.edge_task is not None:
+            self.edge.should_exit = True
+            await self.edge_task
+        for server in (self.inference, self.files, self.auth):
+            if server is not None:
+                await server.stop(0.5)
