@@ -34,7 +34,7 @@ proto: $(GEN)
 run: setup
 	$(PY) -m scripts.run
 
-test: setup
+test: setup lint
 	$(PY) -m pytest
 
 unit: setup
@@ -42,6 +42,11 @@ unit: setup
 
 integration: setup
 	$(PY) -m pytest tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy services edge scripts
 
 clean:
 	rm -rf gen .pytest_cache

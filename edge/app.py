@@ -39,9 +39,9 @@ class Gateway:
             "files": open_channel(settings.files_addresses),
             "inference": open_channel(settings.inference_addresses),
         }
-        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
+        self.inference = inference_pb2_grpc.InferenceServiceAsyncStub(self.channels["inference"])
         self.authenticator = Authenticator(
-            auth_pb2_grpc.AuthServiceStub(self.channels["auth"]), settings.key_cache_ttl_s
+            auth_pb2_grpc.AuthServiceAsyncStub(self.channels["auth"]), settings.key_cache_ttl_s
         )
         self.chat = ChatHandler(self.authenticator, self.inference, settings.max_body_bytes)
 
@@ -58,10 +58,12 @@ class Gateway:
         allowed = set(principal.allowed_models)
         data = [
             {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
-            for m in listed.models if not allowed or m.id in allowed
+            for m in listed.models
+            if not allowed or m.id in allowed
         ]
-        return json_response({"object": "list", "data": data},
-                             headers={"x-request-id": request_id(request)})
+        return json_response(
+            {"object": "list", "data": data}, headers={"x-request-id": request_id(request)}
+        )
 
     async def healthz(self, _request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -71,16 +73,18 @@ class Gateway:
         results = await asyncio.gather(*(self._serving(self.channels[n]) for n in names))
         status = dict(zip(names, results, strict=True))
         ready = all(v == "SERVING" for v in results)
-        return json_response({"status": "ready" if ready else "unavailable", "services": status},
-                             status=200 if ready else 503)
+        return json_response(
+            {"status": "ready" if ready else "unavailable", "services": status},
+            status=200 if ready else 503,
+        )
 
     async def _serving(self, channel: grpc.aio.Channel) -> str:
-        stub = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
         try:
-            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=READY_TIMEOUT_S)
+            answer = await check(health_pb2.HealthCheckRequest(), timeout=READY_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
             return error.code().name
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
 
 
 async def _api_error(request: Request, error: Exception) -> Response:
@@ -91,11 +95,18 @@ async def _api_error(request: Request, error: Exception) -> Response:
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     if error.status_code == 404:
-        api = ApiError(404, f"Unknown route: {request.method} {request.url.path}.",
-                       type="not_found_error", code="unknown_route")
+        api = ApiError(
+            404,
+            f"Unknown route: {request.method} {request.url.path}.",
+            type="not_found_error",
+            code="unknown_route",
+        )
     elif error.status_code == 405:
-        api = ApiError(405, f"Method {request.method} is not allowed on {request.url.path}.",
-                       code="method_not_allowed")
+        api = ApiError(
+            405,
+            f"Method {request.method} is not allowed on {request.url.path}.",
+            code="method_not_allowed",
+        )
     else:
         api = ApiError(error.status_code, str(error.detail))
     return error_response(api, request)
@@ -103,8 +114,15 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 async def _internal_error(request: Request, error: Exception) -> Response:
     log.exception("unhandled error", extra={"request_id": request_id(request)}, exc_info=error)
-    return error_response(ApiError(500, "The server had an error processing your request.",
-                                   type="server_error", code="internal_error"), request)
+    return error_response(
+        ApiError(
+            500,
+            "The server had an error processing your request.",
+            type="server_error",
+            code="internal_error",
+        ),
+        request,
+    )
 
 
 def _gateway(request: Request) -> Gateway:
@@ -146,6 +164,9 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error,
-                            Exception: _internal_error},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
     )

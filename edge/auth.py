@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import grpc
-from aqueduct.auth.v1 import auth_pb2, auth_pb2_grpc
+from aqueduct.auth.v1 import auth_pb2
 
 from edge.errors import ApiError, from_rpc_error
+
+if TYPE_CHECKING:
+    from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
 
 MAX_CACHED_KEYS = 10_000
 VERIFY_TIMEOUT_S = 5.0
@@ -19,8 +23,12 @@ def bearer_key(headers: Mapping[str, str]) -> str:
     value = headers.get("authorization", "")
     scheme, _, secret = value.partition(" ")
     if scheme.lower() != "bearer" or not secret:
-        raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                       type="authentication_error", code="missing_api_key")
+        raise ApiError(
+            401,
+            "Missing API key: send 'Authorization: Bearer <key>'.",
+            type="authentication_error",
+            code="missing_api_key",
+        )
     return secret
 
 
@@ -31,7 +39,7 @@ class Authenticator:
     keys cannot flood auth. If auth cannot be reached, requests fail closed (503).
     """
 
-    def __init__(self, stub: auth_pb2_grpc.AuthServiceStub, ttl_s: float) -> None:
+    def __init__(self, stub: AuthServiceAsyncStub, ttl_s: float) -> None:
         self.stub = stub
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, auth_pb2.Principal | ApiError]] = {}
@@ -73,5 +81,10 @@ class Authenticator:
 
 def require_model_access(principal: auth_pb2.Principal, model: str) -> None:
     if principal.allowed_models and model not in principal.allowed_models:
-        raise ApiError(403, f"This API key may not use the model '{model}'.",
-                       type="permission_error", param="model", code="model_not_allowed")
+        raise ApiError(
+            403,
+            f"This API key may not use the model '{model}'.",
+            type="permission_error",
+            param="model",
+            code="model_not_allowed",
+        )

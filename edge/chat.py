@@ -5,24 +5,38 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
-from aqueduct.inference.v1 import inference_pb2_grpc
 from starlette.requests import Request
 from starlette.responses import Response
 
 from edge.auth import Authenticator, require_model_access
-from edge.chat_protocol import ChatCall, ChatWriter, Completion, completion_json, error_event, parse_chat_request
+from edge.chat_protocol import (
+    ChatCall,
+    ChatWriter,
+    Completion,
+    completion_json,
+    error_event,
+    parse_chat_request,
+)
 from edge.errors import ApiError, from_rpc_error
 from edge.http import EventStream, json_response, read_json, request_id, until_disconnect
 
-Call = grpc.aio.UnaryStreamCall  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    from aqueduct.inference.v1.inference_pb2_grpc import InferenceServiceAsyncStub
+
+Call = grpc.aio.UnaryStreamCall[pb.StreamChatCompletionRequest, pb.StreamChatCompletionResponse]
 
 
 class ChatHandler:
-    def __init__(self, authenticator: Authenticator,
-                 inference: inference_pb2_grpc.InferenceServiceStub, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        inference: InferenceServiceAsyncStub,
+        max_body_bytes: int,
+    ) -> None:
         self.authenticator = authenticator
         self.inference = inference
         self.max_body_bytes = max_body_bytes
@@ -32,7 +46,9 @@ class ChatHandler:
         principal = await self.authenticator.authenticate(request.headers, rid)
         chat = parse_chat_request(await read_json(request, self.max_body_bytes))
         require_model_access(principal, chat.request.model)
-        meta = Completion("chatcmpl-" + secrets.token_urlsafe(18), int(time.time()), chat.request.model)
+        meta = Completion(
+            "chatcmpl-" + secrets.token_urlsafe(18), int(time.time()), chat.request.model
+        )
         call = self.inference.StreamChatCompletion(
             chat.request, metadata=(("x-request-id", rid), ("x-aqueduct-key-id", principal.key_id))
         )
@@ -42,8 +58,9 @@ class ChatHandler:
         body = await until_disconnect(request.receive, _collect(call, meta))
         return json_response(body, headers=headers)
 
-    async def _stream(self, call: Call, chat: ChatCall, meta: Completion,
-                      headers: dict[str, str]) -> EventStream:
+    async def _stream(
+        self, call: Call, chat: ChatCall, meta: Completion, headers: dict[str, str]
+    ) -> EventStream:
         writer = ChatWriter(meta, chat.include_usage)
         # Wait for the first message before answering 200, so errors that come
         # before any text (unknown model, overload) get their proper HTTP status.
@@ -56,9 +73,13 @@ async def _read(call: Call) -> pb.StreamChatCompletionResponse:
         message = await call.read()
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error, "inference") from None
-    if message is grpc.aio.EOF:
-        raise ApiError(502, "The inference stream ended without a summary.",
-                       type="server_error", code="incomplete_stream")
+    if not isinstance(message, pb.StreamChatCompletionResponse):  # grpc.aio.EOF
+        raise ApiError(
+            502,
+            "The inference stream ended without a summary.",
+            type="server_error",
+            code="incomplete_stream",
+        )
     return message
 
 

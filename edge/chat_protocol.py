@@ -25,8 +25,16 @@ FINISH_REASONS = {
 IGNORED_PARAMS = frozenset({"metadata", "store", "service_tier", "modalities", "prediction"})
 # Fields of OpenAI's API this version does not implement yet: refused, never dropped.
 UNSUPPORTED_PARAMS = frozenset(
-    {"tools", "tool_choice", "functions", "function_call", "parallel_tool_calls",
-     "audio", "web_search_options", "reasoning_effort"}
+    {
+        "tools",
+        "tool_choice",
+        "functions",
+        "function_call",
+        "parallel_tool_calls",
+        "audio",
+        "web_search_options",
+        "reasoning_effort",
+    }
 )
 
 
@@ -44,13 +52,17 @@ def parse_chat_request(body: object) -> ChatCall:
         raise invalid(None, "The request body must be a JSON object.", "invalid_type")
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise invalid("model", "'model' is required and must be a non-empty string.",
-                      "missing_required_parameter" if model is None else "invalid_type")
+        raise invalid(
+            "model",
+            "'model' is required and must be a non-empty string.",
+            "missing_required_parameter" if model is None else "invalid_type",
+        )
     messages = [_parse_message(index, m) for index, m in enumerate(_messages(body))]
     for name in UNSUPPORTED_PARAMS:
         if body.get(name) not in (None, [], {}):
-            raise invalid(name, f"'{name}' is not supported by this gateway yet.",
-                          "unsupported_parameter")
+            raise invalid(
+                name, f"'{name}' is not supported by this gateway yet.", "unsupported_parameter"
+            )
     _check_not_yet(body)
     stream = _optional_bool(body, "stream") or False
     include_usage = False
@@ -59,8 +71,12 @@ def parse_chat_request(body: object) -> ChatCall:
         if not isinstance(options, dict):
             raise invalid("stream_options", "'stream_options' must be an object.", "invalid_type")
         if not stream:
-            raise invalid("stream_options", "'stream_options' is only allowed when 'stream' is true.")
-        include_usage = _optional_bool(options, "include_usage", "stream_options.include_usage") or False
+            raise invalid(
+                "stream_options", "'stream_options' is only allowed when 'stream' is true."
+            )
+        include_usage = (
+            _optional_bool(options, "include_usage", "stream_options.include_usage") or False
+        )
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid("user", "'user' must be a string.", "invalid_type")
@@ -87,11 +103,14 @@ def _parse_message(index: int, message: object) -> pb.ChatMessage:
         raise invalid(where, f"'{where}' must be an object.", "invalid_type")
     role = message.get("role")
     if not isinstance(role, str):
-        raise invalid(f"{where}.role", f"'{where}.role' is required and must be a string.",
-                      "invalid_type")
+        raise invalid(
+            f"{where}.role", f"'{where}.role' is required and must be a string.", "invalid_type"
+        )
     if role not in ROLES:
-        raise invalid(f"{where}.role",
-                      f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got '{role}'.")
+        raise invalid(
+            f"{where}.role",
+            f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got '{role}'.",
+        )
     name = message.get("name")
     if name is not None and not isinstance(name, str):
         raise invalid(f"{where}.name", f"'{where}.name' must be a string.", "invalid_type")
@@ -106,25 +125,32 @@ def _content_text(where: str, role: str, content: object) -> str:
     if content is None:
         if role == "assistant":
             return ""
-        raise invalid(param, f"'{param}' is required for role '{role}'.",
-                      "missing_required_parameter")
+        raise invalid(
+            param, f"'{param}' is required for role '{role}'.", "missing_required_parameter"
+        )
     if not isinstance(content, list):
-        raise invalid(param, f"'{param}' must be a string or an array of content parts.",
-                      "invalid_type")
+        raise invalid(
+            param, f"'{param}' must be a string or an array of content parts.", "invalid_type"
+        )
     texts = []
     for i, part in enumerate(content):
         part_param = f"{param}[{i}]"
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise invalid(part_param, f"'{part_param}' must be an object with a 'type'.",
-                          "invalid_type")
+            raise invalid(
+                part_param, f"'{part_param}' must be an object with a 'type'.", "invalid_type"
+            )
         if part["type"] != "text":
-            raise invalid(f"{part_param}.type",
-                          f"Content parts of type '{part['type']}' are not supported by this "
-                          "model; only 'text' parts are.", "unsupported_content_type")
+            raise invalid(
+                f"{part_param}.type",
+                f"Content parts of type '{part['type']}' are not supported by this "
+                "model; only 'text' parts are.",
+                "unsupported_content_type",
+            )
         text = part.get("text")
         if not isinstance(text, str):
-            raise invalid(f"{part_param}.text", f"'{part_param}.text' must be a string.",
-                          "invalid_type")
+            raise invalid(
+                f"{part_param}.text", f"'{part_param}.text' must be a string.", "invalid_type"
+            )
         texts.append(text)
     return "\n".join(texts)
 
@@ -135,19 +161,28 @@ def _check_not_yet(body: dict[str, Any]) -> None:
     if n is not None and (not _is_int(n) or n != 1):
         raise invalid("n", "Only 'n': 1 is supported by this gateway yet.", "unsupported_value")
     if body.get("logprobs") not in (None, False):
-        raise invalid("logprobs", "'logprobs' is not supported by this gateway yet.",
-                      "unsupported_parameter")
+        raise invalid(
+            "logprobs", "'logprobs' is not supported by this gateway yet.", "unsupported_parameter"
+        )
     if body.get("top_logprobs") is not None:
-        raise invalid("top_logprobs", "'top_logprobs' is not supported by this gateway yet.",
-                      "unsupported_parameter")
+        raise invalid(
+            "top_logprobs",
+            "'top_logprobs' is not supported by this gateway yet.",
+            "unsupported_parameter",
+        )
     if body.get("logit_bias") not in (None, {}):
-        raise invalid("logit_bias", "'logit_bias' is not supported by this gateway yet.",
-                      "unsupported_parameter")
+        raise invalid(
+            "logit_bias",
+            "'logit_bias' is not supported by this gateway yet.",
+            "unsupported_parameter",
+        )
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
-        raise invalid("response_format",
-                      "Only 'response_format' {\"type\": \"text\"} is supported by this gateway yet.",
-                      "unsupported_value")
+        raise invalid(
+            "response_format",
+            'Only \'response_format\' {"type": "text"} is supported by this gateway yet.',
+            "unsupported_value",
+        )
 
 
 def parse_sampling(body: dict[str, Any]) -> pb.SamplingParams:
@@ -157,8 +192,12 @@ def parse_sampling(body: dict[str, Any]) -> pb.SamplingParams:
         max_tokens = _optional_int(body, "max_tokens", minimum=1)
     if max_tokens is not None:
         sampling.max_tokens = min(max_tokens, 2**31 - 1)
-    for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0),
-                            ("presence_penalty", -2.0, 2.0), ("frequency_penalty", -2.0, 2.0)):
+    for name, low, high in (
+        ("temperature", 0.0, 2.0),
+        ("top_p", 0.0, 1.0),
+        ("presence_penalty", -2.0, 2.0),
+        ("frequency_penalty", -2.0, 2.0),
+    ):
         value = _optional_number(body, name, low, high)
         if value is not None:
             setattr(sampling, name, value)
@@ -235,21 +274,27 @@ def usage_json(usage: pb.Usage) -> dict[str, int]:
 
 
 def completion_json(meta: Completion, text: str, summary: pb.Summary) -> bytes:
-    finish = {end.choice_index: FINISH_REASONS.get(end.finish_reason) for end in summary.choice_ends}
-    return orjson.dumps({
-        "id": meta.id,
-        "object": "chat.completion",
-        "created": meta.created,
-        "model": summary.model or meta.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": finish.get(0, "stop"),
-        }],
-        "usage": usage_json(summary.usage),
-        "system_fingerprint": None,
-    })
+    finish = {
+        end.choice_index: FINISH_REASONS.get(end.finish_reason) for end in summary.choice_ends
+    }
+    return orjson.dumps(
+        {
+            "id": meta.id,
+            "object": "chat.completion",
+            "created": meta.created,
+            "model": summary.model or meta.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": finish.get(0, "stop"),
+                }
+            ],
+            "usage": usage_json(summary.usage),
+            "system_fingerprint": None,
+        }
+    )
 
 
 class ChatWriter:
@@ -275,10 +320,16 @@ class ChatWriter:
 
     def start(self) -> bytes:
         """The first event: the assistant role, as OpenAI sends it."""
-        return self._chunk([{
-            "index": 0, "delta": {"role": "assistant", "content": ""},
-            "logprobs": None, "finish_reason": None,
-        }])
+        return self._chunk(
+            [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
 
     def deltas(self, batch: pb.DeltaBatch) -> bytes:
         # Merge a batch's deltas per choice: one event carries what one read gave.
@@ -286,15 +337,31 @@ class ChatWriter:
         for delta in batch.deltas:
             texts.setdefault(delta.choice_index, []).append(delta.content)
         return b"".join(
-            self._chunk([{"index": index, "delta": {"content": "".join(parts)},
-                          "logprobs": None, "finish_reason": None}])
+            self._chunk(
+                [
+                    {
+                        "index": index,
+                        "delta": {"content": "".join(parts)},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
             for index, parts in texts.items()
         )
 
     def finish(self, summary: pb.Summary) -> bytes:
         events = [
-            self._chunk([{"index": end.choice_index, "delta": {}, "logprobs": None,
-                          "finish_reason": FINISH_REASONS.get(end.finish_reason, "stop")}])
+            self._chunk(
+                [
+                    {
+                        "index": end.choice_index,
+                        "delta": {},
+                        "logprobs": None,
+                        "finish_reason": FINISH_REASONS.get(end.finish_reason, "stop"),
+                    }
+                ]
+            )
             for end in summary.choice_ends
         ]
         if self.include_usage:

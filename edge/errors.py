@@ -75,13 +75,21 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:
     info = error_info(error)
     if mapped is None:
         log.error("internal error from %s: %s %s", service, code.name, error.details())
-        return ApiError(500, "The server had an error processing your request.",
-                        type=INTERNAL[1], code="internal_error")
+        return ApiError(
+            500,
+            "The server had an error processing your request.",
+            type=INTERNAL[1],
+            code="internal_error",
+        )
     if code == grpc.StatusCode.UNAVAILABLE and info is None:
         # Transport failure rather than a service's own verdict.
         log.warning("%s unreachable: %s", service, error.details())
-        return ApiError(503, f"The {service} service is unavailable; try again shortly.",
-                        type=mapped[1], code="service_unavailable")
+        return ApiError(
+            503,
+            f"The {service} service is unavailable; try again shortly.",
+            type=mapped[1],
+            code="service_unavailable",
+        )
     status, type_ = mapped
     return ApiError(
         status,

@@ -30,8 +30,9 @@ def request_id(request: Request) -> str:
     return str(rid)
 
 
-def json_response(payload: bytes | Any, status: int = 200,
-                  headers: Mapping[str, str] | None = None) -> Response:
+def json_response(
+    payload: bytes | Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
@@ -45,10 +46,14 @@ async def read_json(request: Request, limit: int) -> object:
     """The request body parsed as JSON: 415 for other media, 413 over `limit`."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
-        raise ApiError(415, f"Content-Type must be application/json; got '{media}'.",
-                       code="unsupported_media_type")
-    too_large = ApiError(413, f"Request body is larger than {limit // (1024 * 1024)} MB.",
-                         code="request_too_large")
+        raise ApiError(
+            415,
+            f"Content-Type must be application/json; got '{media}'.",
+            code="unsupported_media_type",
+        )
+    too_large = ApiError(
+        413, f"Request body is larger than {limit // (1024 * 1024)} MB.", code="request_too_large"
+    )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -61,8 +66,9 @@ async def read_json(request: Request, limit: int) -> object:
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as error:
-        raise ApiError(400, f"The request body is not valid JSON: {error}.",
-                       code="invalid_json") from None
+        raise ApiError(
+            400, f"The request body is not valid JSON: {error}.", code="invalid_json"
+        ) from None
 
 
 async def _disconnected(receive: Receive) -> None:
@@ -96,22 +102,26 @@ class EventStream:
     disconnects, `rest` is closed at once (its `finally` cancels the gRPC call).
     """
 
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, first: bytes, rest: AsyncIterator[bytes], headers: Mapping[str, str]
+    ) -> None:
         self.first = first
         self.rest = rest
         self.headers = [(k.encode(), v.encode()) for k, v in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-                *self.headers,
-            ],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                    *self.headers,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": self.first, "more_body": True})
         with contextlib.suppress(ApiError):
             await until_disconnect(receive, self._pump(send))

@@ -57,7 +57,9 @@ def start(env: dict[str, str]) -> dict[str, subprocess.Popen[bytes]]:
     Path(env["AQUEDUCT_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     module = {"edge": "edge"}
     return {
-        name: subprocess.Popen([sys.executable, "-m", module.get(name, f"services.{name}")], env=env)
+        name: subprocess.Popen(
+            [sys.executable, "-m", module.get(name, f"services.{name}")], env=env
+        )
         for name in SERVICES
     }
 
@@ -97,8 +99,8 @@ def announce(env: dict[str, str], base: str, children: dict[str, subprocess.Pope
         f"\nAqueduct is ready.\n{listing}\n\n"
         f"Try it:\n  curl {base}/v1/chat/completions \\\n"
         f"    -H \"Authorization: Bearer {key}\" -H 'Content-Type: application/json' \\\n"
-        "    -d '{\"model\": \"smollm2-135m-instruct\", "
-        "\"messages\": [{\"role\": \"user\", \"content\": \"Say hello\"}]}'\n",
+        '    -d \'{"model": "smollm2-135m-instruct", '
+        '"messages": [{"role": "user", "content": "Say hello"}]}\'\n',
         flush=True,
     )
 
@@ -120,8 +122,11 @@ def supervise(children: dict[str, subprocess.Popen[bytes]], env: dict[str, str])
             code = child.poll()
             if code is not None:
                 why = f"signal {-code}" if code < 0 else f"exit code {code}"
-                print(f"aqueduct: {name} stopped unexpectedly ({why}); stopping the others.",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"aqueduct: {name} stopped unexpectedly ({why}); stopping the others.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 stop_all(children)
                 return 1
         if not announced:
@@ -129,8 +134,11 @@ def supervise(children: dict[str, subprocess.Popen[bytes]], env: dict[str, str])
                 announce(env, base, children)
                 announced = True
             elif time.monotonic() - started > READY_TIMEOUT_S:
-                print(f"aqueduct: not ready after {READY_TIMEOUT_S:.0f} s; see {base}/readyz",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"aqueduct: not ready after {READY_TIMEOUT_S:.0f} s; see {base}/readyz",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 started = float("inf")
         time.sleep(0.2)
     print("aqueduct: stopping…", flush=True)

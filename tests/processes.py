@@ -22,8 +22,9 @@ def free_port() -> int:
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, *args], cwd=REPO, env=full_env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, *args], cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -69,14 +69,22 @@ class Stack:
         return self
 
     async def _start(self) -> None:
-        self.auth = AuthServer(AuthSettings(
-            address="127.0.0.1:0", data_dir=self.data_dir,
-            database_url=f"sqlite:///{self.data_dir / 'aqueduct.db'}", bootstrap_key=ADMIN_KEY,
-        ))
+        self.auth = AuthServer(
+            AuthSettings(
+                address="127.0.0.1:0",
+                data_dir=self.data_dir,
+                database_url=f"sqlite:///{self.data_dir / 'aqueduct.db'}",
+                bootstrap_key=ADMIN_KEY,
+            )
+        )
         self.files = FilesServer("127.0.0.1:0")
-        self.inference = InferenceServer(InferenceSettings(
-            address="127.0.0.1:0", models_config=self.models_config, local_threads=2,
-        ))
+        self.inference = InferenceServer(
+            InferenceSettings(
+                address="127.0.0.1:0",
+                models_config=self.models_config,
+                local_threads=2,
+            )
+        )
         self.ports["auth"] = await self.auth.start()
         self.ports["files"] = await self.files.start()
         self.ports["inference"] = await self.inference.start()
@@ -86,17 +94,20 @@ class Stack:
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         self.ports["edge"] = listener.getsockname()[1]
-        settings = EdgeSettings(**{
-            "host": "127.0.0.1",
-            "port": self.ports["edge"],
-            "auth_addresses": (self.address("auth"),),
-            "files_addresses": (self.address("files"),),
-            "inference_addresses": (self.address("inference"),),
-            "max_body_bytes": 1024 * 1024,
-            **overrides,
-        })
-        config = uvicorn.Config(create_app(settings), http="httptools", log_config=None,
-                                access_log=False, lifespan="on")
+        settings = EdgeSettings(
+            **{
+                "host": "127.0.0.1",
+                "port": self.ports["edge"],
+                "auth_addresses": (self.address("auth"),),
+                "files_addresses": (self.address("files"),),
+                "inference_addresses": (self.address("inference"),),
+                "max_body_bytes": 1024 * 1024,
+                **overrides,
+            }
+        )
+        config = uvicorn.Config(
+            create_app(settings), http="httptools", log_config=None, access_log=False, lifespan="on"
+        )
         self.edge = uvicorn.Server(config)
         self.edge_task = asyncio.ensure_future(self.edge.serve(sockets=[listener]))
         while not self.edge.started:

@@ -29,7 +29,9 @@ class KeyAuthority:
         if record is None:
             raise ServiceError(Kind.UNAUTHENTICATED, "KEY_UNKNOWN", "Incorrect API key provided.")
         if record.revoked:
-            raise ServiceError(Kind.UNAUTHENTICATED, "KEY_REVOKED", "This API key has been revoked.")
+            raise ServiceError(
+                Kind.UNAUTHENTICATED, "KEY_REVOKED", "This API key has been revoked."
+            )
         if not record.usable_at(time.time()):
             raise ServiceError(Kind.UNAUTHENTICATED, "KEY_EXPIRED", "This API key has expired.")
         return record

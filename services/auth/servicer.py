@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from aqueduct.auth.v1 import auth_pb2, auth_pb2_grpc
 
@@ -33,7 +35,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.authority = authority
 
     async def VerifyKey(
-        self, request: auth_pb2.VerifyKeyRequest, context: grpc.aio.ServicerContext
+        self, request: auth_pb2.VerifyKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> auth_pb2.VerifyKeyResponse:
         try:
             record = await self.authority.verify(request.key)

@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from sqlalchemy import JSON, Boolean, Integer, String, create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from services.auth.keys import KeyRecord, Limits
 

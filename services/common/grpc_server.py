@@ -58,7 +58,7 @@ class ServiceHost:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
 
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def _set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 

@@ -10,7 +10,11 @@ from typing import Any
 import orjson
 
 # uvicorn adds an ANSI-coloured copy of its message; the plain one is enough.
-_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -26,7 +26,7 @@ def to_grpc_status(error: ServiceError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> NoReturn:
     await context.abort_with_status(to_grpc_status(error))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 

@@ -21,6 +21,5 @@ class FilesServer(GrpcService):
         self.host = ServiceHost(address, [SERVICE_NAME])
 
 
-
 def from_env() -> FilesServer:
     return FilesServer(listen_address("files"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -57,4 +57,4 @@ class ChatBackend(Protocol):
 
     async def close(self) -> None: ...
 
-    def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]: ...
+    def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]: ...

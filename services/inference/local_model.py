@@ -15,7 +15,7 @@ import importlib.util
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +55,7 @@ class LocalModelOptions:
 @dataclass(eq=False)
 class _Job:
     request: ChatRequest
-    emit: Callable[[object], None]
+    emit: Callable[[object], object]
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
@@ -112,10 +112,11 @@ class LocalChatModel:
         next(iter(llm.generate(llm.tokenize(b"Hello", add_bos=False), temp=0.0)))
         log.info("local model loaded", extra={"model": self.model_id, "n_ctx": self.options.n_ctx})
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
         if self.in_flight > self.options.max_waiting:
             raise ServiceError(
-                Kind.UNAVAILABLE, "MODEL_BUSY",
+                Kind.UNAVAILABLE,
+                "MODEL_BUSY",
                 f"Model '{self.model_id}' is busy: {self.in_flight - 1} requests are already "
                 "waiting for it. Retry shortly.",
             )
@@ -152,9 +153,11 @@ class LocalChatModel:
                 job.emit(finish)
         except ServiceError as error:
             job.emit(error)
-        except Exception as error:  # noqa: BLE001 - reported to the caller as INTERNAL
+        except Exception as error:
             log.exception("local generation failed", extra={"model": self.model_id})
-            job.emit(ServiceError(Kind.INTERNAL, "GENERATION_FAILED", f"generation failed: {error}"))
+            job.emit(
+                ServiceError(Kind.INTERNAL, "GENERATION_FAILED", f"generation failed: {error}")
+            )
 
     def _decode(self, job: _Job) -> Finish | None:
         llm, sampling = self._llm, job.request.sampling
@@ -165,7 +168,8 @@ class LocalChatModel:
         room = self.options.n_ctx - len(prompt_tokens)
         if room <= 0:
             raise ServiceError(
-                Kind.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED",
+                Kind.INVALID_ARGUMENT,
+                "CONTEXT_LENGTH_EXCEEDED",
                 f"This model's maximum context length is {self.options.n_ctx} tokens; "
                 f"the messages take {len(prompt_tokens)}.",
                 param="messages",
@@ -173,7 +177,9 @@ class LocalChatModel:
         max_tokens = min(sampling.max_tokens or room, room)
         seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
         llm.set_seed(seed % 2**32)
-        temperature = OPENAI_DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature
+        temperature = (
+            OPENAI_DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature
+        )
         stops = StopMatcher(sampling.stops)
         # Evaluate the whole prompt every time: reusing a cached prefix evaluates
         # tokens in other batch shapes, which shifts logits enough to change

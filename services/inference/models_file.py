@@ -16,7 +16,16 @@ import yaml
 from services.common.config import ConfigError
 
 BACKENDS = ("local", "openai")
-MODEL_KEYS = {"name", "backend", "aliases", "timeout_s", "upstreams", "path", "fallbacks", "owned_by"}
+MODEL_KEYS = {
+    "name",
+    "backend",
+    "aliases",
+    "timeout_s",
+    "upstreams",
+    "path",
+    "fallbacks",
+    "owned_by",
+}
 UPSTREAM_KEYS = {"url", "api_key", "api_key_env", "model"}
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
 
@@ -103,7 +112,9 @@ def _model(entry: Any, where: str, fail: Any) -> ModelSpec:
     if backend == "openai":
         if not isinstance(upstreams, list) or not upstreams:
             raise fail(f"{where}.upstreams", "required: a non-empty list for backend openai")
-        parsed = tuple(_upstream(u, f"{where}.upstreams[{i}]", fail) for i, u in enumerate(upstreams))
+        parsed = tuple(
+            _upstream(u, f"{where}.upstreams[{i}]", fail) for i, u in enumerate(upstreams)
+        )
     elif upstreams is not None:
         raise fail(f"{where}.upstreams", f"not allowed for backend {backend}")
     else:
@@ -137,10 +148,12 @@ def _upstream(entry: Any, where: str, fail: Any) -> UpstreamSpec:
     if api_key and env_name:
         raise fail(where, "give api_key or api_key_env, not both")
     if env_name:
-        api_key = os.environ.get(env_name)
+        api_key = os.environ.get(env_name, "")
         if not api_key:
             raise fail(f"{where}.api_key_env", f"environment variable {env_name} is not set")
-    return UpstreamSpec(url=url.rstrip("/"), api_key=api_key, model=_string(entry, "model", where, fail))
+    return UpstreamSpec(
+        url=url.rstrip("/"), api_key=api_key, model=_string(entry, "model", where, fail)
+    )
 
 
 def _string(entry: dict[str, Any], key: str, where: str, fail: Any, required: bool = False) -> str:

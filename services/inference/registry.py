@@ -32,8 +32,10 @@ class ModelRegistry:
         model = self._by_id.get(model_id)
         if model is None:
             raise ServiceError(
-                Kind.NOT_FOUND, "MODEL_NOT_FOUND",
-                f"The model '{model_id}' does not exist or is not served here.", param="model",
+                Kind.NOT_FOUND,
+                "MODEL_NOT_FOUND",
+                f"The model '{model_id}' does not exist or is not served here.",
+                param="model",
             )
         return model
 
@@ -48,7 +50,9 @@ class ModelRegistry:
 
 def build_registry(config: ModelsConfig, settings: Settings) -> ModelRegistry:
     now = int(time.time())
-    return ModelRegistry([ServedModel(spec, _backend(spec, settings), now) for spec in config.models])
+    return ModelRegistry(
+        [ServedModel(spec, _backend(spec, settings), now) for spec in config.models]
+    )
 
 
 def _backend(spec: ModelSpec, settings: Settings) -> ChatBackend:
@@ -60,4 +64,6 @@ def _backend(spec: ModelSpec, settings: Settings) -> ChatBackend:
             max_waiting=settings.local_max_waiting,
         )
         return LocalChatModel(spec.name, options)
-    raise ConfigError(f"model '{spec.name}': backend '{spec.backend}' is not available in this build")
+    raise ConfigError(
+        f"model '{spec.name}': backend '{spec.backend}' is not available in this build"
+    )

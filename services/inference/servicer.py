@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
@@ -42,12 +43,18 @@ def chat_request(message: pb.StreamChatCompletionRequest) -> ChatRequest:
 
 
 def summary_message(finish: Finish, model: str) -> pb.StreamChatCompletionResponse:
-    return pb.StreamChatCompletionResponse(summary=pb.Summary(
-        choice_ends=[pb.ChoiceEnd(choice_index=i, finish_reason=FINISH_REASONS[r])
-                     for i, r in sorted(finish.finish_reasons.items())],
-        usage=pb.Usage(prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens),
-        model=model,
-    ))
+    return pb.StreamChatCompletionResponse(
+        summary=pb.Summary(
+            choice_ends=[
+                pb.ChoiceEnd(choice_index=i, finish_reason=FINISH_REASONS[r])
+                for i, r in sorted(finish.finish_reasons.items())
+            ],
+            usage=pb.Usage(
+                prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens
+            ),
+            model=model,
+        )
+    )
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -55,15 +62,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.registry = registry
 
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(models=[
-            pb.Model(id=model_id, owned_by=m.spec.owned_by, created=m.created)
-            for m in self.registry.models for model_id in (m.spec.name, *m.spec.aliases)
-        ])
+        return pb.ListModelsResponse(
+            models=[
+                pb.Model(id=model_id, owned_by=m.spec.owned_by, created=m.created)
+                for m in self.registry.models
+                for model_id in (m.spec.name, *m.spec.aliases)
+            ]
+        )
 
-    async def StreamChatCompletion(
-        self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext
+    async def StreamChatCompletion(  # type: ignore[override]  # writes, does not yield
+        self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         # A coroutine that writes, not an async generator: when the call is
         # cancelled (client gone, shutdown) the CancelledError lands inside the
@@ -72,13 +82,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         try:
             model = self.registry.resolve(request.model)
             served, first = model.spec.name, True
-            async with contextlib.aclosing(model.backend.stream_chat(chat_request(request))) as events:
+            async with contextlib.aclosing(
+                model.backend.stream_chat(chat_request(request))
+            ) as events:
                 async for event in events:
                     if isinstance(event, Finish):
                         await context.write(summary_message(event, served))
                         return
                     batch = pb.DeltaBatch(
-                        deltas=[pb.Delta(choice_index=d.choice_index, content=d.text) for d in event],
+                        deltas=[
+                            pb.Delta(choice_index=d.choice_index, content=d.text) for d in event
+                        ],
                         model=served if first else "",
                     )
                     first = False

@@ -24,7 +24,7 @@ class StopMatcher:
             self.held = ""
             return text[:cut], True
         keep = self._partial_stop_length(text)
-        self.held = text[len(text) - keep:] if keep else ""
+        self.held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep], False
 
     def flush(self) -> str:

@@ -18,5 +18,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=ADMIN_KEY, max_retries=0,
-                         timeout=60)
+    return openai.OpenAI(
+        base_url=f"{stack.base_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=60
+    )

@@ -19,7 +19,9 @@ def post(stack: Stack, body: bytes | dict[str, Any], **headers: str) -> httpx.Re
     return httpx.post(
         f"{stack.base_url}/v1/chat/completions",
         headers={**AUTH, "Content-Type": "application/json", **headers},
-        content=content, json=None if content is not None else body, timeout=30,
+        content=content,
+        json=None if content is not None else body,
+        timeout=30,
     )
 
 
@@ -41,36 +43,57 @@ def test_body_that_is_not_an_object_is_400(stack: Stack) -> None:
     assert_error(post(stack, b"[1, 2]"), 400, None)
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"messages": OK_MESSAGES}, "model"),
-    ({"model": 7, "messages": OK_MESSAGES}, "model"),
-    ({"model": MODEL}, "messages"),
-    ({"model": MODEL, "messages": "hi"}, "messages"),
-    ({"model": MODEL, "messages": []}, "messages"),
-    ({"model": MODEL, "messages": ["hi"]}, "messages[0]"),
-    ({"model": MODEL, "messages": [{"role": 3, "content": "hi"}]}, "messages[0].role"),
-    ({"model": MODEL, "messages": [{"content": "hi"}]}, "messages[0].role"),
-    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-    ({"model": MODEL, "messages": [{"role": "user"}]}, "messages[0].content"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": [{"type": "image_url",
-      "image_url": {"url": "http://x/y.png"}}]}]}, "messages[0].content[0].type"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "temperature": 3}, "temperature"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "temperature": "hot"}, "temperature"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "top_p": -0.1}, "top_p"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "max_tokens": 0}, "max_tokens"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "max_tokens": 1.5}, "max_tokens"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "stop": 3}, "stop"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "stream": "yes"}, "stream"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "stream_options": {"include_usage": True}},
-     "stream_options"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "presence_penalty": 2.5}, "presence_penalty"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "seed": "x"}, "seed"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "n": 2}, "n"),
-    ({"model": MODEL, "messages": OK_MESSAGES, "tools": [{"type": "function",
-      "function": {"name": "f"}}]}, "tools"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": OK_MESSAGES}, "model"),
+        ({"model": 7, "messages": OK_MESSAGES}, "model"),
+        ({"model": MODEL}, "messages"),
+        ({"model": MODEL, "messages": "hi"}, "messages"),
+        ({"model": MODEL, "messages": []}, "messages"),
+        ({"model": MODEL, "messages": ["hi"]}, "messages[0]"),
+        ({"model": MODEL, "messages": [{"role": 3, "content": "hi"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": [{"content": "hi"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        ({"model": MODEL, "messages": [{"role": "user"}]}, "messages[0].content"),
+        (
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}],
+                    }
+                ],
+            },
+            "messages[0].content[0].type",
+        ),
+        ({"model": MODEL, "messages": OK_MESSAGES, "temperature": 3}, "temperature"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "temperature": "hot"}, "temperature"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "top_p": -0.1}, "top_p"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "max_tokens": 0}, "max_tokens"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "max_tokens": 1.5}, "max_tokens"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "stop": 3}, "stop"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "stream": "yes"}, "stream"),
+        (
+            {"model": MODEL, "messages": OK_MESSAGES, "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
+        ({"model": MODEL, "messages": OK_MESSAGES, "presence_penalty": 2.5}, "presence_penalty"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "seed": "x"}, "seed"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "n": 2}, "n"),
+        (
+            {
+                "model": MODEL,
+                "messages": OK_MESSAGES,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+            },
+            "tools",
+        ),
+    ],
+)
 def test_bad_field_is_400_naming_it(stack: Stack, body: dict[str, Any], param: str) -> None:
     assert_error(post(stack, body), 400, param)
 
@@ -87,8 +110,11 @@ def test_body_over_the_limit_is_413(stack: Stack) -> None:
 
 def test_prompt_longer_than_the_context_is_400(stack: Stack) -> None:
     words = " ".join(["lorem"] * 9000)
-    error = assert_error(post(stack, {"model": MODEL, "messages": [{"role": "user", "content": words}]}),
-                         400, "messages")
+    error = assert_error(
+        post(stack, {"model": MODEL, "messages": [{"role": "user", "content": words}]}),
+        400,
+        "messages",
+    )
     assert error["code"] == "context_length_exceeded"
 
 

@@ -23,8 +23,9 @@ def test_models_list_names_the_bundled_model(client: openai.OpenAI) -> None:
 
 
 def test_chat_without_stream_returns_text_finish_reason_and_usage(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=12,
-                                                temperature=0)
+    completion = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=12, temperature=0
+    )
     choice = completion.choices[0]
     assert completion.object == "chat.completion"
     assert completion.id.startswith("chatcmpl-")
@@ -40,26 +41,37 @@ def test_chat_without_stream_returns_text_finish_reason_and_usage(client: openai
 
 def test_max_tokens_cuts_with_length(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
-        max_tokens=3, temperature=0,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        max_tokens=3,
+        temperature=0,
     )
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None and completion.usage.completion_tokens == 3
 
 
 def test_stream_with_usage_matches_the_non_streamed_answer(client: openai.OpenAI) -> None:
-    whole = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=16,
-                                           temperature=0)
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=HELLO, max_tokens=16, temperature=0, stream=True,
-        stream_options={"include_usage": True},
-    ))
+    whole = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=16, temperature=0
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert len({c.id for c in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
@@ -68,15 +80,17 @@ def test_stream_with_usage_matches_the_non_streamed_answer(client: openai.OpenAI
 
 
 def test_stream_without_include_usage_sends_no_usage(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=4, stream=True)
+    )
     assert chunks and all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
 def test_stream_ends_with_done_over_raw_sse(stack: Stack) -> None:
     with httpx.stream(
-        "POST", f"{stack.base_url}/v1/chat/completions",
+        "POST",
+        f"{stack.base_url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
         json={"model": MODEL, "messages": HELLO, "max_tokens": 4, "stream": True},
     ) as answer:
@@ -92,8 +106,9 @@ def test_stop_sequence_is_not_included(client: openai.OpenAI) -> None:
     text = free.choices[0].message.content or ""
     assert len(text) > 4
     stop = text[2:5]
-    cut = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=20,
-                                         temperature=0, stop=[stop])
+    cut = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=20, temperature=0, stop=[stop]
+    )
     assert cut.choices[0].message.content == text[: text.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
 
@@ -107,11 +122,19 @@ def test_unknown_key_raises_authentication_error(stack: Stack) -> None:
         bad.models.list()
 
 
-@pytest.mark.parametrize("presented", [
-    ADMIN_KEY.upper(), f" {ADMIN_KEY}", ADMIN_KEY[:-1], ADMIN_KEY.replace("sk-aq-", "sk-"),
-])
+@pytest.mark.parametrize(
+    "presented",
+    [
+        ADMIN_KEY.upper(),
+        f" {ADMIN_KEY}",
+        ADMIN_KEY[:-1],
+        ADMIN_KEY.replace("sk-aq-", "sk-"),
+    ],
+)
 def test_key_variants_are_unknown(stack: Stack, presented: str) -> None:
-    answer = httpx.get(f"{stack.base_url}/v1/models", headers={"Authorization": f"Bearer {presented}"})
+    answer = httpx.get(
+        f"{stack.base_url}/v1/models", headers={"Authorization": f"Bearer {presented}"}
+    )
     assert answer.status_code == 401
     assert answer.json()["error"]["type"] == "authentication_error"
 
@@ -121,7 +144,9 @@ def test_missing_key_is_401_on_bare_and_v1_routes(stack: Stack) -> None:
         answer = httpx.get(f"{stack.base_url}{path}")
         assert answer.status_code == 401
         assert answer.json()["error"]["code"] == "missing_api_key"
-    answer = httpx.post(f"{stack.base_url}/chat/completions", json={"model": MODEL, "messages": HELLO})
+    answer = httpx.post(
+        f"{stack.base_url}/chat/completions", json={"model": MODEL, "messages": HELLO}
+    )
     assert answer.status_code == 401
 
 
@@ -145,10 +170,16 @@ def test_client_disconnect_stops_local_generation(stack: Stack) -> None:
     backend = stack.inference.registry.resolve(MODEL).backend
     long_story = [{"role": "user", "content": "Tell a very long story."}]
     with httpx.stream(
-        "POST", f"{stack.base_url}/v1/chat/completions",
+        "POST",
+        f"{stack.base_url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
-        json={"model": MODEL, "messages": long_story, "max_tokens": 4000, "stream": True,
-              "temperature": 1},
+        json={
+            "model": MODEL,
+            "messages": long_story,
+            "max_tokens": 4000,
+            "stream": True,
+            "temperature": 1,
+        },
     ) as answer:
         for line in answer.iter_lines():
             if '"content":"' in line and '"role"' not in line:

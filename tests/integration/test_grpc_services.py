@@ -28,7 +28,8 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
 def test_verify_key_returns_the_principal(stack: Stack) -> None:
     with grpc.insecure_channel(stack.address("auth")) as channel:
         answer = auth_pb2_grpc.AuthServiceStub(channel).VerifyKey(
-            auth_pb2.VerifyKeyRequest(key=ADMIN_KEY), timeout=5)
+            auth_pb2.VerifyKeyRequest(key=ADMIN_KEY), timeout=5
+        )
     assert answer.principal.admin
     assert answer.principal.key_id.startswith("key_")
     assert list(answer.principal.allowed_models) == []
@@ -45,12 +46,16 @@ def test_verify_unknown_key_is_unauthenticated_with_reason(stack: Stack) -> None
 
 def test_stream_carries_deltas_then_one_summary(stack: Stack) -> None:
     request = pb.StreamChatCompletionRequest(
-        model=MODEL, messages=[pb.ChatMessage(role="user", content="Say hello.")],
+        model=MODEL,
+        messages=[pb.ChatMessage(role="user", content="Say hello.")],
         sampling=pb.SamplingParams(max_tokens=8, temperature=0),
     )
     with grpc.insecure_channel(stack.address("inference")) as channel:
-        messages = list(inference_pb2_grpc.InferenceServiceStub(channel).StreamChatCompletion(
-            request, timeout=30))
+        messages = list(
+            inference_pb2_grpc.InferenceServiceStub(channel).StreamChatCompletion(
+                request, timeout=30
+            )
+        )
     kinds = [m.WhichOneof("event") for m in messages]
     assert kinds[-1] == "summary" and kinds.count("summary") == 1
     assert set(kinds[:-1]) == {"deltas"}
@@ -64,7 +69,8 @@ def test_stream_carries_deltas_then_one_summary(stack: Stack) -> None:
 
 def test_unknown_model_is_not_found_with_param(stack: Stack) -> None:
     request = pb.StreamChatCompletionRequest(
-        model="nope", messages=[pb.ChatMessage(role="user", content="hi")])
+        model="nope", messages=[pb.ChatMessage(role="user", content="hi")]
+    )
     with grpc.insecure_channel(stack.address("inference")) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
@@ -78,11 +84,16 @@ def test_unknown_model_is_not_found_with_param(stack: Stack) -> None:
 @pytest.mark.parametrize("service", ["auth", "files", "inference"])
 def test_health_serving_and_reflection(stack: Stack, service: str) -> None:
     with grpc.insecure_channel(stack.address(service)) as channel:
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = list(reflection.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        answers = list(
+            reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
     names = {s.name for s in answers[0].list_services_response.service}
     assert f"aqueduct.{service}.v1.{service.capitalize()}Service" in names
     assert "grpc.health.v1.Health" in names
@@ -93,5 +104,9 @@ def test_readyz_reports_every_dependency(stack: Stack) -> None:
 
     answer = httpx.get(f"{stack.base_url}/readyz")
     assert answer.status_code == 200
-    assert answer.json()["services"] == {"auth": "SERVING", "files": "SERVING", "inference": "SERVING"}
+    assert answer.json()["services"] == {
+        "auth": "SERVING",
+        "files": "SERVING",
+        "inference": "SERVING",
+    }
     assert httpx.get(f"{stack.base_url}/healthz").status_code == 200

@@ -23,7 +23,9 @@ MODEL = "smollm2-135m-instruct"
 def serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
         except grpc.RpcError:
             return False
     return answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -31,16 +33,23 @@ def serving(address: str) -> bool:
 
 def test_inference_alone_answers_a_plain_grpc_streaming_call(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    process = spawn(["-m", "services.inference"], {"AQUEDUCT_INFERENCE_ADDR": address},
-                    tmp_path / "inference.log")
+    process = spawn(
+        ["-m", "services.inference"],
+        {"AQUEDUCT_INFERENCE_ADDR": address},
+        tmp_path / "inference.log",
+    )
     try:
         wait_for(lambda: serving(address), 60, "inference SERVING")
         with grpc.insecure_channel(address) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            stream = stub.StreamChatCompletion(pb.StreamChatCompletionRequest(
-                model=MODEL, messages=[pb.ChatMessage(role="user", content="Hi!")],
-                sampling=pb.SamplingParams(max_tokens=5),
-            ), timeout=30)
+            stream = stub.StreamChatCompletion(
+                pb.StreamChatCompletionRequest(
+                    model=MODEL,
+                    messages=[pb.ChatMessage(role="user", content="Hi!")],
+                    sampling=pb.SamplingParams(max_tokens=5),
+                ),
+                timeout=30,
+            )
             messages = list(stream)
         assert messages[-1].summary.usage.completion_tokens == 5
         assert any(m.HasField("deltas") for m in messages)
@@ -50,23 +59,35 @@ def test_inference_alone_answers_a_plain_grpc_streaming_call(tmp_path: Path) -> 
 
 def test_sigterm_during_a_stream_ends_it_cleanly(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    process = spawn(["-m", "services.inference"],
-                    {"AQUEDUCT_INFERENCE_ADDR": address, "AQUEDUCT_SHUTDOWN_GRACE_S": "0.3"},
-                    tmp_path / "inference.log")
+    process = spawn(
+        ["-m", "services.inference"],
+        {"AQUEDUCT_INFERENCE_ADDR": address, "AQUEDUCT_SHUTDOWN_GRACE_S": "0.3"},
+        tmp_path / "inference.log",
+    )
     try:
         wait_for(lambda: serving(address), 60, "inference SERVING")
         with grpc.insecure_channel(address) as channel:
             stream = inference_pb2_grpc.InferenceServiceStub(channel).StreamChatCompletion(
                 pb.StreamChatCompletionRequest(
-                    model=MODEL, messages=[pb.ChatMessage(role="user", content="Write a very long story about the sea.")],
-                    sampling=pb.SamplingParams(max_tokens=8000)), timeout=120)
+                    model=MODEL,
+                    messages=[
+                        pb.ChatMessage(
+                            role="user", content="Write a very long story about the sea."
+                        )
+                    ],
+                    sampling=pb.SamplingParams(max_tokens=8000),
+                ),
+                timeout=120,
+            )
             next(stream)
             process.send_signal(signal.SIGTERM)
             with pytest.raises(grpc.RpcError) as caught:  # cut after the grace, never hung
                 for _ in stream:
                     pass
             assert caught.value.code() in (  # type: ignore[attr-defined]
-                grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+                grpc.StatusCode.CANCELLED,
+                grpc.StatusCode.UNAVAILABLE,
+            )
         assert process.wait(10) == 0
     finally:
         stop(process)
@@ -75,19 +96,28 @@ def test_sigterm_during_a_stream_ends_it_cleanly(tmp_path: Path) -> None:
 def test_edge_fails_closed_when_auth_is_unreachable(tmp_path: Path) -> None:
     port = free_port()
     dead = f"127.0.0.1:{free_port()}"
-    edge = spawn(["-m", "edge"], {
-        "AQUEDUCT_HTTP_PORT": str(port), "AQUEDUCT_AUTH_ADDR": dead,
-        "AQUEDUCT_FILES_ADDR": dead, "AQUEDUCT_INFERENCE_ADDR": dead,
-    }, tmp_path / "edge.log")
+    edge = spawn(
+        ["-m", "edge"],
+        {
+            "AQUEDUCT_HTTP_PORT": str(port),
+            "AQUEDUCT_AUTH_ADDR": dead,
+            "AQUEDUCT_FILES_ADDR": dead,
+            "AQUEDUCT_INFERENCE_ADDR": dead,
+        },
+        tmp_path / "edge.log",
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: _answers(f"{base}/healthz"), 30, "edge to listen")
         ready = httpx.get(f"{base}/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "unavailable"
-        answer = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": "Bearer sk-aq-x"},
-                            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-                            timeout=30)
+        answer = httpx.post(
+            f"{base}/v1/chat/completions",
+            headers={"Authorization": "Bearer sk-aq-x"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
         assert answer.status_code == 503
         assert answer.json()["error"]["code"] == "service_unavailable"
     finally:
@@ -125,7 +155,8 @@ def test_make_run_supervisor_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert "curl " in log.read_text()
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
         reply = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
+        )
         assert reply.choices[0].message.content
     finally:
         assert stop(process, 30) == 0, log.read_text()[-3000:]
@@ -145,6 +176,9 @@ def test_supervisor_stops_everything_when_one_process_dies(tmp_path: Path) -> No
     finally:
         stop(process)
     assert "inference stopped unexpectedly (signal 9)" in log.read_text()
-    pids = [int(x.rsplit("pid ", 1)[1].rstrip(")")) for x in log.read_text().splitlines()
-            if "(pid " in x]
+    pids = [
+        int(x.rsplit("pid ", 1)[1].rstrip(")"))
+        for x in log.read_text().splitlines()
+        if "(pid " in x
+    ]
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)

@@ -16,11 +16,19 @@ def rpc_error(kind: Kind, reason: str, message: str, param: str | None = None) -
     return AioRpcError(status.code, Metadata(), Metadata(*status.trailing_metadata), status.details)
 
 
-@pytest.mark.parametrize(("kind", "http"), [
-    (Kind.INVALID_ARGUMENT, 400), (Kind.UNAUTHENTICATED, 401), (Kind.PERMISSION_DENIED, 403),
-    (Kind.NOT_FOUND, 404), (Kind.FAILED_PRECONDITION, 422), (Kind.RESOURCE_EXHAUSTED, 429),
-    (Kind.UNAVAILABLE, 503), (Kind.DEADLINE_EXCEEDED, 504),
-])
+@pytest.mark.parametrize(
+    ("kind", "http"),
+    [
+        (Kind.INVALID_ARGUMENT, 400),
+        (Kind.UNAUTHENTICATED, 401),
+        (Kind.PERMISSION_DENIED, 403),
+        (Kind.NOT_FOUND, 404),
+        (Kind.FAILED_PRECONDITION, 422),
+        (Kind.RESOURCE_EXHAUSTED, 429),
+        (Kind.UNAVAILABLE, 503),
+        (Kind.DEADLINE_EXCEEDED, 504),
+    ],
+)
 def test_status_map(kind: Kind, http: int) -> None:
     error = from_rpc_error(rpc_error(kind, "SOME_REASON", "it broke", "field"), "svc")
     assert error.status == http

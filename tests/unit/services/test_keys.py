@@ -32,8 +32,14 @@ def store(tmp_path: Path) -> KeyStore:
 
 
 def record(**fields: object) -> KeyRecord:
-    base: dict[str, object] = {"id": new_key_id(), "name": "n", "team": "t", "preview": "p",
-                               "admin": False, "models": None}
+    base: dict[str, object] = {
+        "id": new_key_id(),
+        "name": "n",
+        "team": "t",
+        "preview": "p",
+        "admin": False,
+        "models": None,
+    }
     return KeyRecord(**{**base, **fields})  # type: ignore[arg-type]
 
 
@@ -48,12 +54,16 @@ def test_store_keeps_only_the_hash(store: KeyStore, tmp_path: Path) -> None:
     assert verify(store, secret).name == "n"
 
 
-@pytest.mark.parametrize(("fields", "reason"), [
-    ({"revoked": True}, "KEY_REVOKED"),
-    ({"expires_at": 1}, "KEY_EXPIRED"),
-])
-def test_revoked_and_expired_keys_are_refused(store: KeyStore, fields: dict[str, object],
-                                              reason: str) -> None:
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"revoked": True}, "KEY_REVOKED"),
+        ({"expires_at": 1}, "KEY_EXPIRED"),
+    ],
+)
+def test_revoked_and_expired_keys_are_refused(
+    store: KeyStore, fields: dict[str, object], reason: str
+) -> None:
     secret = new_secret()
     store.insert(record(**fields), hash_secret(secret))
     with pytest.raises(ServiceError) as caught:
@@ -67,8 +77,9 @@ def test_unknown_key_is_refused(store: KeyStore) -> None:
     assert caught.value.reason == "KEY_UNKNOWN"
 
 
-def test_first_start_creates_one_admin_key_file(store: KeyStore, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_first_start_creates_one_admin_key_file(
+    store: KeyStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bootstrap_admin(store, tmp_path, None)
     path = tmp_path / "bootstrap-key"
     secret = path.read_text().strip()
