@@ -39,9 +39,10 @@ class Gateway:
             "files": open_channel(settings.files_addresses),
             "inference": open_channel(settings.inference_addresses),
         }
-        self.inference = inference_pb2_grpc.InferenceServiceAsyncStub(self.channels["inference"])
+        self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
         self.authenticator = Authenticator(
-            auth_pb2_grpc.AuthServiceAsyncStub(self.channels["auth"]), settings.key_cache_ttl_s
+            auth_pb2_grpc.AuthServiceStub(self.channels["auth"]),
+            settings.key_cache_ttl_s,
         )
         self.chat = ChatHandler(self.authenticator, self.inference, settings.max_body_bytes)
 

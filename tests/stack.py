@@ -113,6 +113,7 @@ class Stack:
         while not self.edge.started:
             if self.edge_task.done():
                 self.edge_task.result()
+                raise RuntimeError("the edge failed to start; see the log above")
             await asyncio.sleep(0.01)
 
     def stop(self) -> None:
