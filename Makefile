@@ -21,11 +21,12 @@ $(DEPS): requirements.txt requirements-nodeps.txt
 # Generated code lives in gen/ (not committed); a .pth file puts it and the
 # repository root on the environment's import path.
 $(GEN): $(DEPS) $(PROTOS)
-	rm -rf gen && mkdir -p gen
-	$(PY) -m grpc_tools.protoc -I proto --python_out=gen --grpc_python_out=gen \
-		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen \
-		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen \
+	rm -rf gen.tmp && mkdir -p gen.tmp
+	$(PY) -m grpc_tools.protoc -I proto --python_out=gen.tmp --grpc_python_out=gen.tmp \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen.tmp \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen.tmp \
 		$(PROTOS)
+	rm -rf gen && mv gen.tmp gen
 	$(PY) -c "import site; open(site.getsitepackages()[0] + '/aqueduct.pth', 'w').write('$(CURDIR)/gen\n$(CURDIR)\n')"
 	touch $@
 
