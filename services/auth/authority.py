@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from services.auth.keys import KeyRecord, hash_secret, new_key_id, new_secret, preview
+from services.auth.keys import KeyRecord, Limits, hash_secret, new_key_id, new_secret, preview
 from services.auth.store import KeyStore
 from services.common.errors import Kind, ServiceError
 
@@ -21,8 +21,9 @@ class KeyAuthority:
     def __init__(self, store: KeyStore) -> None:
         self.store = store
 
-    async def verify(self, secret: str) -> KeyRecord:
-        """The active key behind `secret`, compared exactly (case, spaces, prefix)."""
+    async def verify(self, secret: str) -> tuple[KeyRecord, Limits]:
+        """The active key behind `secret` (compared exactly: case, spaces, prefix)
+        and its team's limits."""
         if not secret:
             raise ServiceError(Kind.UNAUTHENTICATED, "KEY_MISSING", "No API key provided.")
         record = await asyncio.to_thread(self.store.find_by_hash, hash_secret(secret))
@@ -34,6 +35,14 @@ class KeyAuthority:
             )
         if not record.usable_at(time.time()):
             raise ServiceError(Kind.UNAUTHENTICATED, "KEY_EXPIRED", "This API key has expired.")
+        return record, await asyncio.to_thread(self.store.team_limits, record.team)
+
+    async def verify_admin(self, secret: str) -> KeyRecord:
+        record, _ = await self.verify(secret)
+        if not record.admin:
+            raise ServiceError(
+                Kind.PERMISSION_DENIED, "ADMIN_ONLY", "This operation needs an admin key."
+            )
         return record
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
+from typing import Literal
 
 SECRET_PREFIX = "sk-aq-"
 
@@ -26,6 +27,10 @@ def preview(secret: str) -> str:
 
 def new_key_id() -> str:
     return "key_" + secrets.token_hex(8)
+
+
+LimitName = Literal["rpm", "input_tpm", "output_tpm", "max_concurrent"]
+LIMIT_NAMES: tuple[LimitName, ...] = ("rpm", "input_tpm", "output_tpm", "max_concurrent")
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,39 @@
 """The one place the auth service touches its database (SQLAlchemy, sync).
 
-Calls block, so async callers run them in a worker thread.
+Calls block, so async callers run them in a worker thread. The schema is
+managed by Alembic (services/auth/migrations); `migrate()` brings any database
+up to date at start-up, so an upgrade never needs a wiped database.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import JSON, Boolean, Integer, String, create_engine, event, select
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    Integer,
+    String,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.auth.keys import KeyRecord, Limits
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "auth_alembic_version"
 
 
 class Base(DeclarativeBase):
@@ -51,8 +72,37 @@ class ApiKey(Base):
         )
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+class TeamRow(Base):
+    __tablename__ = "teams"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    limits: Mapped[dict[str, int | None]] = mapped_column(JSON, default=dict)
+
+
+class UsageRow(Base):
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str] = mapped_column(String(32), index=True)
+    team: Mapped[str] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    ttft_ms: Mapped[int] = mapped_column(Integer)
+    status: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str] = mapped_column(String(100))
+    user: Mapped[str] = mapped_column(String(256))
+    stream: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+USAGE_GROUPS = {"key": UsageRow.key_id, "model": UsageRow.model, "team": UsageRow.team}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
@@ -60,21 +110,37 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 class KeyStore:
     def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
         self.engine: Engine = create_engine(database_url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+    def migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["engine"] = self.engine
+        command.upgrade(config, "head")
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # --- keys ---------------------------------------------------------------
 
     def find_by_hash(self, secret_hash: str) -> KeyRecord | None:
         with self._sessions() as session:
             row = session.scalar(select(ApiKey).where(ApiKey.secret_hash == secret_hash))
             return row.to_record() if row else None
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        with self._sessions() as session:
+            row = session.get(ApiKey, key_id)
+            return row.to_record() if row else None
+
+    def all_keys(self) -> list[KeyRecord]:
+        with self._sessions() as session:
+            rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id))
+            return [row.to_record() for row in rows]
 
     def has_admin_key(self) -> bool:
         with self._sessions() as session:
@@ -85,6 +151,18 @@ class KeyStore:
         with self._sessions.begin() as session:
             session.add(_row(record, secret_hash))
         return record
+
+    def save(self, record: KeyRecord) -> KeyRecord | None:
+        """Write every field but the secret hash; None if the key does not exist."""
+        with self._sessions.begin() as session:
+            row = session.get(ApiKey, record.id)
+            if row is None:
+                return None
+            row.name, row.team, row.admin = record.name, record.team, record.admin
+            row.models = list(record.models) if record.models is not None else None
+            row.limits = asdict(record.limits)
+            row.expires_at, row.revoked = record.expires_at, record.revoked
+            return row.to_record()
 
     def ensure_active_admin(self, record: KeyRecord, secret_hash: str) -> KeyRecord:
         """Insert the key, or make an existing key with this hash an active admin."""
@@ -97,6 +175,70 @@ class KeyStore:
                 row.admin, row.revoked, row.expires_at = True, False, None
             session.flush()
             return row.to_record()
+
+    # --- teams --------------------------------------------------------------
+
+    def team_limits(self, team: str) -> Limits:
+        with self._sessions() as session:
+            row = session.get(TeamRow, team)
+            return Limits(**row.limits) if row and row.limits else Limits()
+
+    def set_team_limits(self, team: str, limits: Limits) -> Limits:
+        with self._sessions.begin() as session:
+            row = session.get(TeamRow, team)
+            if row is None:
+                session.add(TeamRow(name=team, limits=asdict(limits)))
+            else:
+                row.limits = asdict(limits)
+        return limits
+
+    # --- usage --------------------------------------------------------------
+
+    def add_usage(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ledger rows and stamp their keys' last use, in one transaction."""
+        if not rows:
+            return
+        with self._sessions.begin() as session:
+            session.execute(insert(UsageRow), rows)
+            last_use: dict[str, int] = {}
+            for row in rows:
+                last_use[row["key_id"]] = max(
+                    last_use.get(row["key_id"], 0), int(row["created_at"])
+                )
+            for key_id, when in last_use.items():
+                key = session.get(ApiKey, key_id)
+                if key is not None and (key.last_used_at or 0) < when:
+                    key.last_used_at = when
+
+    def usage_totals(self, filters: dict[str, Any], group_by: str | None) -> list[dict[str, Any]]:
+        columns = [USAGE_GROUPS[group_by].label(group_by)] if group_by else []
+        stmt = select(
+            *columns,
+            func.count().label("requests"),
+            func.coalesce(func.sum(UsageRow.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(UsageRow.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum((UsageRow.status >= 400).cast(Integer)), 0).label("errors"),
+        )
+        for name, column in (
+            ("key_id", UsageRow.key_id),
+            ("team", UsageRow.team),
+            ("model", UsageRow.model),
+        ):
+            if filters.get(name):
+                stmt = stmt.where(column == filters[name])
+        if filters.get("since") is not None:
+            stmt = stmt.where(UsageRow.created_at >= filters["since"])
+        if filters.get("until") is not None:
+            stmt = stmt.where(UsageRow.created_at < filters["until"])
+        if group_by:
+            stmt = stmt.group_by(USAGE_GROUPS[group_by]).order_by(USAGE_GROUPS[group_by])
+        with self._sessions() as session:
+            return [dict(row._mapping) for row in session.execute(stmt)]
+
+    def purge_usage(self, older_than: float) -> int:
+        with self._sessions.begin() as session:
+            result = session.execute(delete(UsageRow).where(UsageRow.created_at < older_than))
+            return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _row(record: KeyRecord, secret_hash: str) -> ApiKey:
@@ -113,3 +255,6 @@ def _row(record: KeyRecord, secret_hash: str) -> ApiKey:
         created_at=record.created_at or int(time.time()),
         revoked=record.revoked,
     )
+
+
+__all__ = ["Base", "KeyStore", "Session", "replace"]

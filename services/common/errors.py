@@ -25,9 +25,17 @@ class Kind(enum.Enum):
 class ServiceError(Exception):
     """A failure the caller should see: what kind, a stable reason, a message."""
 
-    def __init__(self, kind: Kind, reason: str, message: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        reason: str,
+        message: str,
+        param: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.reason = reason  # UPPER_SNAKE_CASE, stable across versions
         self.message = message
         self.param = param
+        self.metadata = metadata or {}  # machine-readable details (ErrorInfo metadata)

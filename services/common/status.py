@@ -16,6 +16,7 @@ ERROR_DOMAIN = "aqueduct"
 
 def to_grpc_status(error: ServiceError) -> grpc.Status:
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)
+    info.metadata.update(error.metadata)
     if error.param:
         info.metadata["param"] = error.param
     detail = any_pb2.Any()

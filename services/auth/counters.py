@@ -1,0 +1,75 @@
+"""Limit state kept in this process: atomic because the event loop runs one
+reservation at a time (no await between check and take)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from services.auth.limiter import (
+    BucketLevel,
+    Demand,
+    LimitExceeded,
+    refill,
+    shortfall_wait,
+)
+
+SLOT_RETRY_S = 1.0
+
+
+class MemoryCounters:
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._now = now
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated_at)
+        self._slots: dict[str, dict[str, float]] = {}  # key -> {reservation id: lease expiry}
+
+    async def reserve(
+        self, demand: Demand, reservation_id: str, lease_s: float
+    ) -> list[BucketLevel]:
+        now = self._now()
+        levels = []
+        for bucket in demand.buckets:
+            tokens, last = self._buckets.get(bucket.state_key, (float(bucket.capacity), now))
+            levels.append(BucketLevel(bucket, refill(tokens, last, now, bucket.capacity)))
+        for level in levels:
+            wait = shortfall_wait(level.tokens, level.bucket.amount, level.bucket.capacity)
+            if wait > 0:
+                b = level.bucket
+                raise LimitExceeded(b.limit, b.scope, b.capacity, wait, levels)
+        for slot in demand.slots:
+            leases = self._live_leases(slot.state_key, now)
+            if len(leases) >= slot.capacity:
+                raise LimitExceeded(
+                    "max_concurrent", slot.scope, slot.capacity, SLOT_RETRY_S, levels
+                )
+        taken = []
+        for level in levels:
+            remaining = level.tokens - level.bucket.amount
+            self._buckets[level.bucket.state_key] = (remaining, now)
+            taken.append(BucketLevel(level.bucket, remaining))
+        for slot in demand.slots:
+            self._slots.setdefault(slot.state_key, {})[reservation_id] = now + lease_s
+        return taken
+
+    async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
+        """Give back `refunds[limit]` tokens (negative: take more) and free the slots."""
+        now = self._now()
+        for bucket in demand.buckets:
+            delta = refunds.get(bucket.limit, 0)
+            if not delta:
+                continue
+            tokens, last = self._buckets.get(bucket.state_key, (float(bucket.capacity), now))
+            level = refill(tokens, last, now, bucket.capacity)
+            self._buckets[bucket.state_key] = (min(float(bucket.capacity), level + delta), now)
+        for slot in demand.slots:
+            self._slots.get(slot.state_key, {}).pop(reservation_id, None)
+        return True
+
+    def _live_leases(self, key: str, now: float) -> dict[str, float]:
+        leases = self._slots.setdefault(key, {})
+        for rid in [r for r, expiry in leases.items() if expiry <= now]:
+            del leases[rid]
+        return leases
+
+    async def close(self) -> None:
+        return None

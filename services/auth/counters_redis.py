@@ -1,0 +1,119 @@
+"""Limit state in Redis: one Lua script per reserve and per settle, so any number
+of auth replicas enforce one limit exactly. Time is Redis's own clock."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from services.auth.limiter import BucketLevel, Demand, LimitExceeded
+
+# KEYS: bucket keys (n_buckets of them), then slot keys.
+# ARGV: reservation id, lease seconds, n_buckets, then capacity+amount per
+# bucket, then capacity per slot. Returns {1, levels...} or {0, index, wait, levels...}.
+RESERVE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local rid, lease, nb = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local levels = {}
+for i = 1, nb do
+  local cap, amount = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  local state = redis.call('HMGET', KEYS[i], 't', 'ts')
+  local t, ts = tonumber(state[1]) or cap, tonumber(state[2]) or now
+  levels[i] = math.min(cap, t + math.max(0, now - ts) * cap / 60)
+end
+local function report(head)
+  for i = 1, nb do head[#head + 1] = tostring(levels[i]) end
+  return head
+end
+for i = 1, nb do
+  local cap, amount = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  local need = math.min(amount, cap)
+  if levels[i] < need then
+    return report({0, i, tostring((need - levels[i]) * 60 / cap)})
+  end
+end
+for j = nb + 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[j], '-inf', now)
+  if redis.call('ZCARD', KEYS[j]) >= tonumber(ARGV[3 + 2 * nb + (j - nb)]) then
+    return report({0, j, '1'})
+  end
+end
+for i = 1, nb do
+  local cap, amount = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  levels[i] = levels[i] - amount
+  redis.call('HSET', KEYS[i], 't', tostring(levels[i]), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[i], math.ceil((cap - levels[i]) * 60 / cap) + 1)
+end
+for j = nb + 1, #KEYS do
+  redis.call('ZADD', KEYS[j], now + lease, rid)
+  redis.call('EXPIRE', KEYS[j], math.ceil(lease) + 1)
+end
+return report({1})
+"""
+
+# KEYS: settled marker, bucket keys, then slot keys.
+# ARGV: reservation id, n_buckets, then capacity+refund per bucket.
+SETTLE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) == false then return 0 end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+local rid, nb = ARGV[1], tonumber(ARGV[2])
+for i = 1, nb do
+  local cap, refund = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
+  if refund ~= 0 then
+    local key = KEYS[1 + i]
+    local state = redis.call('HMGET', key, 't', 'ts')
+    local t, ts = tonumber(state[1]) or cap, tonumber(state[2]) or now
+    t = math.min(cap, math.min(cap, t + math.max(0, now - ts) * cap / 60) + refund)
+    redis.call('HSET', key, 't', tostring(t), 'ts', tostring(now))
+    redis.call('EXPIRE', key, math.ceil((cap - t) * 60 / cap) + 1)
+  end
+end
+for j = nb + 2, #KEYS do redis.call('ZREM', KEYS[j], rid) end
+return 1
+"""
+
+
+class RedisCounters:
+    def __init__(self, url: str) -> None:
+        self.redis = aioredis.Redis.from_url(url)
+        self._reserve = self.redis.register_script(RESERVE)
+        self._settle = self.redis.register_script(SETTLE)
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def reserve(
+        self, demand: Demand, reservation_id: str, lease_s: float
+    ) -> list[BucketLevel]:
+        keys = [b.state_key for b in demand.buckets] + [s.state_key for s in demand.slots]
+        args: list[str | int | float] = [reservation_id, lease_s, len(demand.buckets)]
+        for bucket in demand.buckets:
+            args += [bucket.capacity, bucket.amount]
+        args += [slot.capacity for slot in demand.slots]
+        answer = await self._reserve(keys=keys, args=args)
+        n = len(demand.buckets)
+        levels = [
+            BucketLevel(b, float(v))
+            for b, v in zip(demand.buckets, answer[-n:] if n else [], strict=True)
+        ]
+        if int(answer[0]) == 1:
+            return levels
+        index, wait = int(answer[1]) - 1, float(answer[2])
+        if index < n:
+            b = demand.buckets[index]
+            raise LimitExceeded(b.limit, b.scope, b.capacity, wait, levels)
+        slot = demand.slots[index - n]
+        raise LimitExceeded("max_concurrent", slot.scope, slot.capacity, wait, levels)
+
+    async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
+        """False when this reservation was settled before (by any replica)."""
+        keys = [f"aq:settled:{reservation_id}"] + [b.state_key for b in demand.buckets]
+        keys += [s.state_key for s in demand.slots]
+        args: list[str | int] = [reservation_id, len(demand.buckets)]
+        for bucket in demand.buckets:
+            args += [bucket.capacity, refunds.get(bucket.limit, 0)]
+        return bool(int(await self._settle(keys=keys, args=args)))
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,143 @@
+"""Reserve before a request runs, settle when it ends: limits plus the ledger."""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from services.auth.keys import Limits
+from services.auth.ledger import UsageLedger
+from services.auth.limiter import BucketLevel, Demand, LimitExceeded, demand_for, tightest
+from services.common.errors import Kind, ServiceError
+
+SETTLED_MEMORY = 100_000  # reservation ids remembered per replica
+
+
+class Counters(Protocol):
+    async def reserve(
+        self, demand: Demand, reservation_id: str, lease_s: float
+    ) -> list[BucketLevel]: ...
+
+    async def settle(
+        self, demand: Demand, reservation_id: str, refunds: dict[str, int]
+    ) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: str
+    key_id: str
+    team: str
+    key_limits: Limits
+    team_limits: Limits
+    input_tokens: int
+    output_tokens: int
+
+    def demand(self) -> Demand:
+        return demand_for(
+            self.key_id,
+            self.team,
+            asdict(self.key_limits),
+            asdict(self.team_limits),
+            self.input_tokens,
+            self.output_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class Admitted:
+    reservation: Reservation
+    requests: BucketLevel | None  # the tightest rpm bucket, for headers
+    tokens: BucketLevel | None  # the tightest token bucket, for headers
+
+
+def rate_limited(error: LimitExceeded) -> ServiceError:
+    who = "this key" if error.scope == "key" else "this key's team"
+    unit = {
+        "rpm": "requests per minute",
+        "input_tpm": "input tokens per minute",
+        "output_tpm": "output tokens per minute",
+        "max_concurrent": "concurrent requests",
+    }[error.limit]
+    return ServiceError(
+        Kind.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+        f"Rate limit exceeded: {error.scope} limit '{error.limit}' ({error.capacity} {unit}) "
+        f"for {who}. Retry after {error.retry_after_s:.1f} s.",
+        metadata={
+            "limit": error.limit,
+            "scope": error.scope,
+            "retry_after_s": f"{error.retry_after_s:.3f}",
+            **header_metadata(error.levels),
+        },
+    )
+
+
+def header_metadata(levels: list[BucketLevel]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for kind, names in (("requests", ("rpm",)), ("tokens", ("input_tpm", "output_tpm"))):
+        level = tightest(levels, names)
+        if level is not None:
+            out[f"limit_{kind}"] = str(level.bucket.capacity)
+            out[f"remaining_{kind}"] = str(max(0, int(level.tokens)))
+            out[f"reset_{kind}_s"] = f"{level.reset_s:.3f}"
+    return out
+
+
+class Quotas:
+    def __init__(self, counters: Counters, ledger: UsageLedger, lease_s: float) -> None:
+        self.counters = counters
+        self.ledger = ledger
+        self.lease_s = lease_s
+        self._settled: OrderedDict[str, None] = OrderedDict()  # for idempotent settles
+
+    async def reserve(
+        self,
+        key_id: str,
+        team: str,
+        key_limits: Limits,
+        team_limits: Limits,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> Admitted:
+        if input_tokens < 0 or output_tokens < 0:
+            raise ServiceError(
+                Kind.INVALID_ARGUMENT,
+                "INVALID_FIELD",
+                "token estimates must not be negative",
+                param="input_tokens",
+            )
+        reservation = Reservation(
+            uuid.uuid4().hex, key_id, team, key_limits, team_limits, input_tokens, output_tokens
+        )
+        demand = reservation.demand()
+        levels: list[BucketLevel] = []
+        if demand:
+            try:
+                levels = await self.counters.reserve(demand, reservation.id, self.lease_s)
+            except LimitExceeded as error:
+                raise rate_limited(error) from None
+        return Admitted(
+            reservation, tightest(levels, ("rpm",)), tightest(levels, ("input_tpm", "output_tpm"))
+        )
+
+    async def settle(self, reservation: Reservation, usage: dict[str, Any]) -> None:
+        """Settle once: a repeated settle of the same reservation changes nothing."""
+        if reservation.id in self._settled:
+            return
+        self._settled[reservation.id] = None
+        if len(self._settled) > SETTLED_MEMORY:
+            self._settled.popitem(last=False)
+        demand = reservation.demand()
+        if demand:
+            refunds = {
+                "input_tpm": reservation.input_tokens - int(usage.get("input_tokens", 0)),
+                "output_tpm": reservation.output_tokens - int(usage.get("output_tokens", 0)),
+            }
+            if not await self.counters.settle(demand, reservation.id, refunds):
+                return  # another replica settled it already
+        self.ledger.add(usage)
