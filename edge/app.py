@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from aqueduct.auth.v1 import auth_pb2_grpc
@@ -18,12 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from edge.admin import AdminApi
 from edge.auth import Authenticator
 from edge.chat import ChatHandler
 from edge.config import Settings
 from edge.errors import ApiError, from_rpc_error
 from edge.grpc_clients import open_channel
 from edge.http import error_response, json_response, request_id
+from edge.limits import Limiter
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 1.0
@@ -40,13 +42,22 @@ class Gateway:
             "inference": open_channel(settings.inference_addresses),
         }
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
-        self.authenticator = Authenticator(
-            auth_pb2_grpc.AuthServiceStub(self.channels["auth"]),
-            settings.key_cache_ttl_s,
+        auth = auth_pb2_grpc.AuthServiceStub(self.channels["auth"])
+        self.authenticator = Authenticator(auth, settings.key_cache_ttl_s)
+        self.limiter = Limiter(auth, settings.reserve_output_tokens)
+        self.admin = AdminApi(
+            self.authenticator, auth_pb2_grpc.AdminServiceStub(self.channels["auth"])
         )
-        self.chat = ChatHandler(self.authenticator, self.inference, settings.max_body_bytes)
+        self.chat = ChatHandler(
+            self.authenticator, self.limiter, self.inference, settings.max_body_bytes
+        )
+
+    def start(self) -> None:
+        self.authenticator.start()
 
     async def close(self) -> None:
+        await self.limiter.drain()  # every settle (and ledger row) reaches auth
+        await self.authenticator.close()
         for channel in self.channels.values():
             await channel.close()
 
@@ -147,16 +158,39 @@ async def _readyz(request: Request) -> Response:
     return await _gateway(request).readyz(request)
 
 
+def _admin_routes() -> list[Route]:
+    def call(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            handler: Callable[[Request], Awaitable[Response]] = getattr(
+                _gateway(request).admin, name
+            )
+            return await handler(request)
+
+        return endpoint
+
+    return [
+        Route("/v1/admin/keys", call("create_key"), methods=["POST"]),
+        Route("/v1/admin/keys", call("list_keys"), methods=["GET"]),
+        Route("/v1/admin/keys/{id}", call("get_key"), methods=["GET"]),
+        Route("/v1/admin/keys/{id}", call("update_key"), methods=["PATCH"]),
+        Route("/v1/admin/keys/{id}", call("revoke_key"), methods=["DELETE"]),
+        Route("/v1/admin/teams/{team}", call("set_team"), methods=["PUT"]),
+        Route("/v1/admin/teams/{team}", call("get_team"), methods=["GET"]),
+        Route("/v1/admin/usage", call("usage"), methods=["GET"]),
+    ]
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.gateway = gateway = Gateway(settings)  # channels bind to the running loop
+        gateway.start()
         try:
             yield
         finally:
             await gateway.close()
 
-    routes = [Route("/healthz", _healthz), Route("/readyz", _readyz)]
+    routes = [Route("/healthz", _healthz), Route("/readyz", _readyz), *_admin_routes()]
     for prefix in ("/v1", ""):
         routes += [
             Route(f"{prefix}/chat/completions", _chat, methods=["POST"]),

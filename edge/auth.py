@@ -1,21 +1,34 @@
-"""Bearer keys -> principals, with a short cache so auth is not asked every time."""
+"""Bearer keys -> principals, cached at the edge and kept fresh by auth's push.
+
+While the edge is subscribed to auth's key events, a verified principal is
+trusted for `watched_ttl_s` (no auth call on the hot path) and dropped the
+moment auth says its key or team changed. When the subscription is down,
+nothing cached is trusted for longer than `ttl_s` (<= 1 s), so a revocation
+still reaches every edge within a second. If auth cannot be reached at all,
+requests fail closed (503).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import grpc
-from aqueduct.auth.v1 import auth_pb2
+from aqueduct.auth.v1 import auth_pb2 as pb
 
 from edge.errors import ApiError, from_rpc_error
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
 
+log = logging.getLogger(__name__)
 MAX_CACHED_KEYS = 10_000
 VERIFY_TIMEOUT_S = 5.0
+RECONNECT_MAX_S = 2.0
 
 
 def bearer_key(headers: Mapping[str, str]) -> str:
@@ -32,36 +45,59 @@ def bearer_key(headers: Mapping[str, str]) -> str:
     return secret
 
 
+EXPIRED = ApiError(
+    401, "This API key has expired.", type="authentication_error", code="key_expired"
+)
+
+
 class Authenticator:
-    """Verifies keys with the auth service; answers repeats from memory for `ttl_s`.
-
-    Failures (unknown, revoked, expired) are cached the same way, so a flood of bad
-    keys cannot flood auth. If auth cannot be reached, requests fail closed (503).
-    """
-
-    def __init__(self, stub: AuthServiceAsyncStub, ttl_s: float) -> None:
+    def __init__(
+        self, stub: AuthServiceAsyncStub, ttl_s: float, watched_ttl_s: float = 300.0
+    ) -> None:
         self.stub = stub
         self.ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, auth_pb2.Principal | ApiError]] = {}
+        self.watched_ttl_s = watched_ttl_s
+        self.watching = False
+        self._cache: dict[str, tuple[float, pb.Principal | ApiError]] = {}
+        self._generation = 0  # bumped on every event: answers older than it are suspect
+        self._watcher: asyncio.Task[None] | None = None
 
-    async def authenticate(self, headers: Mapping[str, str], request_id: str) -> auth_pb2.Principal:
+    def start(self) -> None:
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    async def authenticate(self, headers: Mapping[str, str], request_id: str) -> pb.Principal:
         secret = bearer_key(headers)
         now = time.monotonic()
         cached = self._cache.get(secret)
         if cached is None or cached[0] <= now:
-            cached = (now + self.ttl_s, await self._verify(secret, request_id))
+            generation = self._generation
+            outcome = await self._verify(secret, request_id)
+            trusted = (
+                self.watching
+                and generation == self._generation
+                and isinstance(outcome, pb.Principal)
+            )
+            cached = (now + (self.watched_ttl_s if trusted else self.ttl_s), outcome)
             if len(self._cache) >= MAX_CACHED_KEYS:
                 self._evict(now)
             self._cache[secret] = cached
         outcome = cached[1]
         if isinstance(outcome, ApiError):
             raise outcome
+        if outcome.expires_at and outcome.expires_at <= time.time():
+            raise EXPIRED
         return outcome
 
-    async def _verify(self, secret: str, request_id: str) -> auth_pb2.Principal | ApiError:
+    async def _verify(self, secret: str, request_id: str) -> pb.Principal | ApiError:
         try:
             response = await self.stub.VerifyKey(
-                auth_pb2.VerifyKeyRequest(key=secret),
+                pb.VerifyKeyRequest(key=secret),
                 timeout=VERIFY_TIMEOUT_S,
                 metadata=(("x-request-id", request_id),),
             )
@@ -72,6 +108,40 @@ class Authenticator:
             return mapped
         return response.principal
 
+    async def _watch(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                async for event in self.stub.WatchKeyEvents(pb.WatchKeyEventsRequest()):
+                    self._apply(event)
+                    delay = 0.05
+            except grpc.aio.AioRpcError as error:
+                log.warning("key event stream lost", extra={"code": error.code().name})
+            self._stop_trusting()
+            await asyncio.sleep(delay)
+            delay = min(RECONNECT_MAX_S, delay * 2)
+
+    def _apply(self, event: pb.WatchKeyEventsResponse) -> None:
+        self._generation += 1
+        if event.kind == pb.KEY_EVENT_KIND_READY:
+            self._cache.clear()  # whatever happened before READY is unknown
+            self.watching = True
+        elif event.kind == pb.KEY_EVENT_KIND_KEY_CHANGED:
+            self._forget(lambda p: p.key_id == event.key_id)
+        elif event.kind == pb.KEY_EVENT_KIND_TEAM_CHANGED:
+            self._forget(lambda p: p.team == event.team)
+
+    def _forget(self, matches: Callable[[pb.Principal], bool]) -> None:
+        for secret in [
+            s for s, (_, o) in self._cache.items() if isinstance(o, pb.Principal) and matches(o)
+        ]:
+            del self._cache[secret]
+
+    def _stop_trusting(self) -> None:
+        self.watching = False
+        self._generation += 1
+        self._cache.clear()
+
     def _evict(self, now: float) -> None:
         for secret in [s for s, (expiry, _) in self._cache.items() if expiry <= now]:
             del self._cache[secret]
@@ -79,7 +149,7 @@ class Authenticator:
             del self._cache[next(iter(self._cache))]
 
 
-def require_model_access(principal: auth_pb2.Principal, model: str) -> None:
+def require_model_access(principal: pb.Principal, model: str) -> None:
     if principal.allowed_models and model not in principal.allowed_models:
         raise ApiError(
             403,
@@ -87,4 +157,11 @@ def require_model_access(principal: auth_pb2.Principal, model: str) -> None:
             type="permission_error",
             param="model",
             code="model_not_allowed",
+        )
+
+
+def require_admin(principal: pb.Principal) -> None:
+    if not principal.admin:
+        raise ApiError(
+            403, "This route needs an admin key.", type="permission_error", code="admin_only"
         )

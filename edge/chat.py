@@ -1,10 +1,11 @@
-"""POST /v1/chat/completions: authenticate, validate, stream from inference, answer."""
+"""POST /v1/chat/completions: authenticate, validate, reserve quota, stream from
+inference, answer, settle."""
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -14,7 +15,6 @@ from starlette.responses import Response
 
 from edge.auth import Authenticator, require_model_access
 from edge.chat_protocol import (
-    ChatCall,
     ChatWriter,
     Completion,
     completion_json,
@@ -23,6 +23,7 @@ from edge.chat_protocol import (
 )
 from edge.errors import ApiError, from_rpc_error
 from edge.http import EventStream, json_response, read_json, request_id, until_disconnect
+from edge.limits import Admission, Limiter, Usage, estimate_input_tokens
 
 if TYPE_CHECKING:
     from aqueduct.inference.v1.inference_pb2_grpc import InferenceServiceAsyncStub
@@ -34,10 +35,12 @@ class ChatHandler:
     def __init__(
         self,
         authenticator: Authenticator,
+        limiter: Limiter,
         inference: InferenceServiceAsyncStub,
         max_body_bytes: int,
     ) -> None:
         self.authenticator = authenticator
+        self.limiter = limiter
         self.inference = inference
         self.max_body_bytes = max_body_bytes
 
@@ -46,29 +49,58 @@ class ChatHandler:
         principal = await self.authenticator.authenticate(request.headers, rid)
         chat = parse_chat_request(await read_json(request, self.max_body_bytes))
         require_model_access(principal, chat.request.model)
+        usage = Usage(
+            rid,
+            chat.request.model,
+            chat.stream,
+            chat.request.user,
+            input_tokens=estimate_input_tokens(chat.request),
+        )
+        sampling = chat.request.sampling
+        admission = await self.limiter.reserve(
+            principal,
+            usage.input_tokens,
+            sampling.max_tokens if sampling.HasField("max_tokens") else None,
+            rid,
+        )
+        headers = {"x-request-id": rid, **admission.headers}
         meta = Completion(
             "chatcmpl-" + secrets.token_urlsafe(18), int(time.time()), chat.request.model
         )
         call = self.inference.StreamChatCompletion(
             chat.request, metadata=(("x-request-id", rid), ("x-aqueduct-key-id", principal.key_id))
         )
-        headers = {"x-request-id": rid}
-        if chat.stream:
-            return await self._stream(call, chat, meta, headers)
-        body = await until_disconnect(request.receive, _collect(call, meta))
+        try:
+            if chat.stream:
+                writer = ChatWriter(meta, chat.include_usage)
+                # Wait for the first message before answering 200, so errors that
+                # come before any text (unknown model, overload) keep their status.
+                first = await _read(call, usage)
+                return EventStream(
+                    writer.start() + _render(writer, first),
+                    _events(call, writer, usage),
+                    headers,
+                    on_close=lambda: _finish(self.limiter, admission, usage, None, call),
+                )
+            body = await until_disconnect(request.receive, _collect(call, meta, usage))
+        except ApiError as error:
+            _finish(self.limiter, admission, usage, error, call)
+            error.headers.update(headers)
+            raise
+        _finish(self.limiter, admission, usage, None, call)
         return json_response(body, headers=headers)
 
-    async def _stream(
-        self, call: Call, chat: ChatCall, meta: Completion, headers: dict[str, str]
-    ) -> EventStream:
-        writer = ChatWriter(meta, chat.include_usage)
-        # Wait for the first message before answering 200, so errors that come
-        # before any text (unknown model, overload) get their proper HTTP status.
-        first = await _read(call)
-        return EventStream(writer.start() + _render(writer, first), _events(call, writer), headers)
+
+def _finish(
+    limiter: Limiter, admission: Admission, usage: Usage, error: ApiError | None, call: Call
+) -> None:
+    """However a request ended: stop the call, record how, settle its quota."""
+    call.cancel()
+    usage.ended(error)
+    limiter.settle(admission, usage)
 
 
-async def _read(call: Call) -> pb.StreamChatCompletionResponse:
+async def _read(call: Call, usage: Usage) -> pb.StreamChatCompletionResponse:
     try:
         message = await call.read()
     except grpc.aio.AioRpcError as error:
@@ -80,6 +112,16 @@ async def _read(call: Call) -> pb.StreamChatCompletionResponse:
             type="server_error",
             code="incomplete_stream",
         )
+    if message.HasField("summary"):
+        summary = message.summary
+        usage.model = summary.model or usage.model
+        usage.input_tokens = summary.usage.prompt_tokens
+        usage.output_tokens = summary.usage.completion_tokens
+        usage.completed = True
+    else:
+        usage.mark_first_token()
+        usage.model = message.deltas.model or usage.model
+        usage.streamed_chars += sum(len(d.content) for d in message.deltas.deltas)
     return message
 
 
@@ -91,29 +133,22 @@ def _render(writer: ChatWriter, message: pb.StreamChatCompletionResponse) -> byt
     return writer.deltas(message.deltas)
 
 
-async def _events(call: Call, writer: ChatWriter) -> AsyncIterator[bytes]:
+async def _events(call: Call, writer: ChatWriter, usage: Usage) -> AsyncGenerator[bytes, None]:
     """The rest of the stream as SSE bytes; an error after the start is one event."""
     try:
-        while True:
-            message = await _read(call)
-            yield _render(writer, message)
-            if message.HasField("summary"):
-                return
+        while not usage.completed:
+            yield _render(writer, await _read(call, usage))
     except ApiError as error:
+        usage.failed(error)
         yield error_event(error)
-    finally:
-        call.cancel()
 
 
-async def _collect(call: Call, meta: Completion) -> bytes:
+async def _collect(call: Call, meta: Completion, usage: Usage) -> bytes:
     parts: list[str] = []
-    try:
-        while True:
-            message = await _read(call)
-            if message.HasField("summary"):
-                return completion_json(meta, "".join(parts), message.summary)
-            if message.deltas.model:
-                meta.model = message.deltas.model
-            parts.extend(d.content for d in message.deltas.deltas if d.choice_index == 0)
-    finally:
-        call.cancel()
+    while True:
+        message = await _read(call, usage)
+        if message.HasField("summary"):
+            return completion_json(meta, "".join(parts), message.summary)
+        if message.deltas.model:
+            meta.model = message.deltas.model
+        parts.extend(d.content for d in message.deltas.deltas if d.choice_index == 0)

@@ -18,6 +18,11 @@ class Settings:
     # How long a verified key is trusted without asking auth again. Revocation
     # must reach every edge within 1 s, so this stays at or below 1 s.
     key_cache_ttl_s: float = 1.0
+    # Output tokens reserved against output_tpm when a request sets no max_tokens.
+    reserve_output_tokens: int = 512
+    # Decoded size of one file part in a chat request / of all of them (CONTRACT.md).
+    max_file_part_bytes: int = 10 * 1024 * 1024
+    max_file_parts_total_bytes: int = 32 * 1024 * 1024
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -29,4 +34,9 @@ class Settings:
             inference_addresses=tuple(service_addresses("inference")),
             max_body_bytes=env_int("AQUEDUCT_MAX_BODY_MB", 64, minimum=1) * 1024 * 1024,
             key_cache_ttl_s=min(env_float("AQUEDUCT_KEY_CACHE_TTL_S", 1.0), 1.0),
+            reserve_output_tokens=env_int("AQUEDUCT_RESERVE_OUTPUT_TOKENS", 512, minimum=1),
+            max_file_part_bytes=env_int("AQUEDUCT_MAX_FILE_PART_MB", 10, minimum=1) * 1024 * 1024,
+            max_file_parts_total_bytes=env_int("AQUEDUCT_MAX_FILE_PARTS_TOTAL_MB", 32, minimum=1)
+            * 1024
+            * 1024,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 
 import grpc
@@ -97,4 +98,28 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:
         type=type_,
         param=info.metadata.get("param") if info else None,
         code=info.reason.lower() if info else None,
+        headers=rate_limit_headers(info.metadata) if info else None,
     )
+
+
+def rate_limit_headers(details: Mapping[str, str]) -> dict[str, str]:
+    """`Retry-After` and OpenAI's `x-ratelimit-*` headers from ErrorInfo metadata."""
+    headers = {}
+    if "retry_after_s" in details:
+        headers["retry-after"] = str(max(1, math.ceil(float(details["retry_after_s"]))))
+    for kind in ("requests", "tokens"):
+        if f"limit_{kind}" in details:
+            headers[f"x-ratelimit-limit-{kind}"] = details[f"limit_{kind}"]
+            headers[f"x-ratelimit-remaining-{kind}"] = details[f"remaining_{kind}"]
+            headers[f"x-ratelimit-reset-{kind}"] = duration(float(details[f"reset_{kind}_s"]))
+    return headers
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`."""
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"

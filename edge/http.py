@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -90,6 +90,8 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
+            # Let its cleanup (closing the gRPC call, the stream) finish first.
+            await asyncio.wait((task,))
     if task.cancelled():
         raise ApiError(499, "Client closed the request.", type="cancelled", code="cancelled")
     return task.result()
@@ -99,39 +101,43 @@ class EventStream:
     """An SSE answer: `first` is already produced, `rest` is pumped as it comes.
 
     Each item of `rest` goes out as one socket write. When the client
-    disconnects, `rest` is closed at once (its `finally` cancels the gRPC call).
+    disconnects, `rest` is closed at once (its `finally` cancels the gRPC call),
+    and `on_close` runs however the stream ended.
     """
 
     def __init__(
-        self, first: bytes, rest: AsyncIterator[bytes], headers: Mapping[str, str]
+        self,
+        first: bytes,
+        rest: AsyncGenerator[bytes, None],
+        headers: Mapping[str, str],
+        on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self.first = first
         self.rest = rest
         self.headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no"),
-                    *self.headers,
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": self.first, "more_body": True})
-        with contextlib.suppress(ApiError):
-            await until_disconnect(receive, self._pump(send))
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+                *self.headers,
+            ],
+        }
+        try:
+            await send(start)
+            await send({"type": "http.response.body", "body": self.first, "more_body": True})
+            with contextlib.suppress(ApiError):
+                await until_disconnect(receive, self._pump(send))
+        finally:
+            await self.rest.aclose()  # its cleanup runs even if it never started
+            self.on_close()
 
     async def _pump(self, send: Send) -> None:
-        try:
-            async for chunk in self.rest:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            aclose = getattr(self.rest, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        async for chunk in self.rest:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

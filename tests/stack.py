@@ -49,6 +49,14 @@ class LoopThread:
 class Stack:
     data_dir: Path
     models_config: Path | None = None
+    # An already running files service (e.g. a subprocess) instead of an in-process one.
+    files_address: str | None = None
+    # Shared state for several auth replicas: a database URL and Redis.
+    database_url: str | None = None
+    redis_url: str | None = None
+    auth_replicas: int = 1
+    auth_extra: list[AuthServer] = field(default_factory=list)
+    auth_ports: list[int] = field(default_factory=list)
     loop: LoopThread = field(default_factory=LoopThread)
     auth: AuthServer | None = None
     files: FilesServer | None = None
@@ -69,14 +77,15 @@ class Stack:
         return self
 
     async def _start(self) -> None:
-        self.auth = AuthServer(
-            AuthSettings(
-                address="127.0.0.1:0",
-                data_dir=self.data_dir,
-                database_url=f"sqlite:///{self.data_dir / 'aqueduct.db'}",
-                bootstrap_key=ADMIN_KEY,
-            )
+        auth_settings = AuthSettings(
+            address="127.0.0.1:0",
+            data_dir=self.data_dir,
+            database_url=self.database_url or f"sqlite:///{self.data_dir / 'aqueduct.db'}",
+            bootstrap_key=ADMIN_KEY,
+            redis_url=self.redis_url,
         )
+        self.auth = AuthServer(auth_settings)
+        self.auth_extra = [AuthServer(auth_settings) for _ in range(self.auth_replicas - 1)]
         self.files = FilesServer("127.0.0.1:0")
         self.inference = InferenceServer(
             InferenceSettings(
@@ -86,7 +95,12 @@ class Stack:
             )
         )
         self.ports["auth"] = await self.auth.start()
-        self.ports["files"] = await self.files.start()
+        self.auth_ports = [self.ports["auth"]] + [await a.start() for a in self.auth_extra]
+        if self.files is not None:
+            self.ports["files"] = await self.files.start()
+        else:
+            assert self.files_address is not None
+            self.ports["files"] = int(self.files_address.rpartition(":")[2])
         self.ports["inference"] = await self.inference.start()
         await self.start_edge()
 
@@ -98,7 +112,7 @@ class Stack:
             **{
                 "host": "127.0.0.1",
                 "port": self.ports["edge"],
-                "auth_addresses": (self.address("auth"),),
+                "auth_addresses": tuple(f"127.0.0.1:{p}" for p in self.auth_ports),
                 "files_addresses": (self.address("files"),),
                 "inference_addresses": (self.address("inference"),),
                 "max_body_bytes": 1024 * 1024,
@@ -124,6 +138,6 @@ class Stack:
         if self.edge is not None and self.edge_task is not None:
             self.edge.should_exit = True
             await self.edge_task
-        for server in (self.inference, self.files, self.auth):
+        for server in (self.inference, self.files, self.auth, *self.auth_extra):
             if server is not None:
                 await server.stop(0.5)

@@ -27,7 +27,7 @@ def test_hash_is_stable_and_preview_hides_the_middle() -> None:
 @pytest.fixture
 def store(tmp_path: Path) -> KeyStore:
     keys = KeyStore(f"sqlite:///{tmp_path / 'keys.db'}")
-    keys.create_schema()
+    keys.migrate()
     return keys
 
 
@@ -44,7 +44,7 @@ def record(**fields: object) -> KeyRecord:
 
 
 def verify(store: KeyStore, secret: str) -> KeyRecord:
-    return asyncio.run(KeyAuthority(store).verify(secret))
+    return asyncio.run(KeyAuthority(store).verify(secret))[0]
 
 
 def test_store_keeps_only_the_hash(store: KeyStore, tmp_path: Path) -> None:

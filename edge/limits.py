@@ -1,0 +1,173 @@
+"""Quota around each request: reserve before, settle after (off the request path).
+
+The settle also writes the request's ledger row, so it runs for every admitted
+request however it ends: finished, failed, or cut by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import grpc
+from aqueduct.auth.v1 import auth_pb2 as pb
+from aqueduct.inference.v1 import inference_pb2
+
+from edge.errors import ApiError, duration, from_rpc_error
+
+if TYPE_CHECKING:
+    from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
+
+log = logging.getLogger(__name__)
+RESERVE_TIMEOUT_S = 5.0
+SETTLE_TIMEOUT_S = 10.0
+CHARS_PER_TOKEN = 4  # a deliberately generous estimate; settling corrects it
+TOKENS_PER_MESSAGE = 4
+
+
+def estimate_input_tokens(request: inference_pb2.StreamChatCompletionRequest) -> int:
+    chars = sum(len(m.content) + len(m.role) for m in request.messages)
+    return chars // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(request.messages)
+
+
+CLIENT_GONE = ApiError(
+    499, "Client closed the request.", type="cancelled", code="client_disconnected"
+)
+
+
+def estimate_tokens(text_chars: int) -> int:
+    return -(-text_chars // CHARS_PER_TOKEN)
+
+
+@dataclass
+class Usage:
+    """What one request used, filled in as it runs; becomes its ledger row."""
+
+    request_id: str
+    model: str
+    stream: bool
+    user: str
+    created_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    status: int = 200
+    error_code: str = ""
+    completed: bool = False  # the summary arrived: token counts are exact
+    streamed_chars: int = 0  # text received so far, for an estimate if cut short
+
+    def mark_first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+    def failed(self, error: ApiError) -> None:
+        self.status, self.error_code = error.status, error.code or error.type
+
+    def ended(self, error: ApiError | None) -> None:
+        """Close the books: an error, or a cut before the summary, is recorded as such."""
+        if error is not None:
+            self.failed(error)
+        elif not self.completed and not self.error_code:
+            self.failed(CLIENT_GONE)
+        if not self.completed:
+            self.output_tokens = estimate_tokens(self.streamed_chars)
+
+    def record(self, principal: pb.Principal) -> pb.UsageRecord:
+        now = time.monotonic()
+        return pb.UsageRecord(
+            request_id=self.request_id,
+            key_id=principal.key_id,
+            team=principal.team,
+            model=self.model,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            latency_ms=round((now - self.started) * 1000),
+            ttft_ms=round((self.first_token_at - self.started) * 1000)
+            if self.first_token_at
+            else 0,
+            status=self.status,
+            error_code=self.error_code,
+            user=self.user,
+            stream=self.stream,
+            created_at=self.created_at,
+        )
+
+
+@dataclass
+class Admission:
+    principal: pb.Principal
+    reservation: pb.Reservation
+    headers: dict[str, str]
+
+
+def rate_headers(answer: pb.ReserveQuotaResponse) -> dict[str, str]:
+    headers = {}
+    for kind, status in (("requests", answer.requests), ("tokens", answer.tokens)):
+        if status.limited:
+            headers[f"x-ratelimit-limit-{kind}"] = str(status.limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(status.remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = duration(status.reset_s)
+    return headers
+
+
+class Limiter:
+    def __init__(self, stub: AuthServiceAsyncStub, default_output_tokens: int) -> None:
+        self.stub = stub
+        self.default_output_tokens = default_output_tokens
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def reserve(
+        self, principal: pb.Principal, input_tokens: int, max_tokens: int | None, request_id: str
+    ) -> Admission:
+        try:
+            answer = await self.stub.ReserveQuota(
+                pb.ReserveQuotaRequest(
+                    key_id=principal.key_id,
+                    team=principal.team,
+                    key_limits=principal.limits,
+                    team_limits=principal.team_limits,
+                    input_tokens=input_tokens,
+                    output_tokens=max_tokens or self.default_output_tokens,
+                ),
+                timeout=RESERVE_TIMEOUT_S,
+                metadata=(("x-request-id", request_id),),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "auth") from None
+        return Admission(principal, answer.reservation, rate_headers(answer))
+
+    def settle(self, admission: Admission, usage: Usage) -> None:
+        """Settle in the background: the answer never waits for the ledger."""
+        task = asyncio.create_task(self._settle(admission, usage.record(admission.principal)))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, admission: Admission, record: pb.UsageRecord) -> None:
+        request = pb.SettleQuotaRequest(reservation=admission.reservation, usage=record)
+        for attempt in range(3):
+            try:
+                await self.stub.SettleQuota(request, timeout=SETTLE_TIMEOUT_S)
+                return
+            except grpc.aio.AioRpcError as error:
+                log.warning(
+                    "settle failed",
+                    extra={
+                        "request_id": record.request_id,
+                        "code": error.code().name,
+                        "attempt": attempt,
+                    },
+                )
+                await asyncio.sleep(0.2 * (attempt + 1))
+        log.error(
+            "settle abandoned; its slot frees when the lease ends",
+            extra={"request_id": record.request_id},
+        )
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for pending settles (at shutdown), so no usage is lost."""
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=timeout)
