@@ -1,15 +1,22 @@
-"""Build and run the files service.
-
-It answers health and reflection today; the file methods (upload, list, get,
-delete, text extraction) join `aqueduct.files.v1.FilesService` with the Files API.
-"""
+"""Build and run the files service: store, blob folder, extractor, purge task."""
 
 from __future__ import annotations
 
-from aqueduct.files.v1 import files_pb2
+import asyncio
+import contextlib
+import logging
 
-from services.common.config import listen_address
+from aqueduct.files.v1 import files_pb2, files_pb2_grpc
+
 from services.common.grpc_server import GrpcService, ServiceHost
+from services.files.config import Settings
+from services.files.extractor import Extractor
+from services.files.library import FileLibrary, Limits
+from services.files.servicer import FilesServicer
+from services.files.storage import LocalBlobStore
+from services.files.store import FileStore
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = files_pb2.DESCRIPTOR.services_by_name["FilesService"].full_name
 
@@ -17,9 +24,52 @@ SERVICE_NAME = files_pb2.DESCRIPTOR.services_by_name["FilesService"].full_name
 class FilesServer(GrpcService):
     name = "files"
 
-    def __init__(self, address: str) -> None:
-        self.host = ServiceHost(address, [SERVICE_NAME])
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = FileStore(settings.database_url)
+        self.blobs = LocalBlobStore(settings.storage_dir)
+        self.extractor = Extractor(settings.extract_timeout_s, settings.extract_workers)
+        self.library = FileLibrary(
+            self.store,
+            self.blobs,
+            self.extractor,
+            Limits(
+                max_file_bytes=settings.max_file_bytes,
+                team_quota_bytes=settings.team_quota_bytes,
+                max_extract_bytes=settings.max_extract_bytes,
+            ),
+        )
+        self.host = ServiceHost(settings.address, [SERVICE_NAME])
+        files_pb2_grpc.add_FilesServiceServicer_to_server(
+            FilesServicer(self.library), self.host.server
+        )
+        self._purger: asyncio.Task[None] | None = None
+
+    async def ready(self) -> None:
+        await asyncio.to_thread(self.blobs.prepare)
+        swept = await asyncio.to_thread(self.blobs.sweep_incomplete)
+        if swept:
+            log.info("removed incomplete uploads", extra={"count": swept})
+        await asyncio.to_thread(self.store.create_schema)
+        await self.extractor.warm_up()
+        self._purger = asyncio.create_task(self._purge_forever())
+
+    async def close(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
+        await self.extractor.close()
+        await asyncio.to_thread(self.store.close)
+
+    async def _purge_forever(self) -> None:
+        while True:
+            try:
+                await self.library.purge_expired()
+            except Exception:
+                log.exception("purging expired files failed; retrying later")
+            await asyncio.sleep(self.settings.purge_interval_s)
 
 
 def from_env() -> FilesServer:
-    return FilesServer(listen_address("files"))
+    return FilesServer(Settings.from_env())

@@ -1,0 +1,147 @@
+"""FilesService: protobuf <-> FileLibrary, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from aqueduct.files.v1 import files_pb2 as pb
+from aqueduct.files.v1 import files_pb2_grpc
+
+from services.common.errors import Kind, ServiceError
+from services.common.status import abort
+from services.files.library import FileLibrary
+from services.files.records import FileRecord, UploadMetadata
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+PURPOSE_NAMES: dict[int, str] = {
+    pb.FILE_PURPOSE_USER_DATA: "user_data",
+    pb.FILE_PURPOSE_ASSISTANTS: "assistants",
+    pb.FILE_PURPOSE_BATCH: "batch",
+    pb.FILE_PURPOSE_VISION: "vision",
+    pb.FILE_PURPOSE_FINE_TUNE: "fine-tune",
+    pb.FILE_PURPOSE_EVALS: "evals",
+}
+PURPOSE_VALUES = {name: value for value, name in PURPOSE_NAMES.items()}
+
+
+def file_message(record: FileRecord) -> pb.File:
+    return pb.File(
+        id=record.id,
+        team=record.team,
+        filename=record.filename,
+        purpose=PURPOSE_VALUES[record.purpose],  # type: ignore[arg-type]
+        bytes=record.bytes,
+        created_at=record.created_at,
+        expires_at=record.expires_at or 0,
+        content_type=record.content_type,
+    )
+
+
+async def _upload_parts(
+    requests: AsyncIterator[pb.UploadFileRequest],
+) -> AsyncIterator[UploadMetadata | bytes]:
+    async for request in requests:
+        which = request.WhichOneof("part")
+        if which == "chunk":
+            yield request.chunk
+        elif which == "metadata":
+            meta = request.metadata
+            yield UploadMetadata(
+                team=meta.team,
+                filename=meta.filename,
+                purpose=PURPOSE_NAMES.get(meta.purpose, ""),
+                content_type=meta.content_type,
+                expires_after_s=meta.expires_after_seconds,
+            )
+
+
+class FilesServicer(files_pb2_grpc.FilesServiceServicer):
+    def __init__(self, library: FileLibrary) -> None:
+        self.library = library
+
+    async def UploadFile(
+        self, request_iterator: AsyncIterator[pb.UploadFileRequest], context: Context
+    ) -> pb.UploadFileResponse:
+        try:
+            record = await self.library.upload(_upload_parts(request_iterator))
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.UploadFileResponse(file=file_message(record))
+
+    async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
+        try:
+            record = await self.library.get(request.team, request.file_id)
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.GetFileResponse(file=file_message(record))
+
+    async def ListFiles(
+        self, request: pb.ListFilesRequest, context: Context
+    ) -> pb.ListFilesResponse:
+        try:
+            records, has_more = await self.library.list(
+                request.team,
+                PURPOSE_NAMES.get(request.purpose),
+                request.limit,
+                request.after or None,
+                ascending=request.order == pb.SORT_ORDER_ASC,
+            )
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.ListFilesResponse(files=[file_message(r) for r in records], has_more=has_more)
+
+    async def DeleteFile(
+        self, request: pb.DeleteFileRequest, context: Context
+    ) -> pb.DeleteFileResponse:
+        try:
+            record = await self.library.delete(request.team, request.file_id)
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.DeleteFileResponse(file_id=record.id)
+
+    async def DownloadFileContent(
+        self, request: pb.DownloadFileContentRequest, context: Context
+    ) -> AsyncIterator[pb.DownloadFileContentResponse]:
+        try:
+            record, chunks = await self.library.content(request.team, request.file_id)
+        except ServiceError as error:
+            await abort(context, error)
+        try:
+            yield pb.DownloadFileContentResponse(file=file_message(record))
+            async for chunk in chunks:
+                yield pb.DownloadFileContentResponse(chunk=chunk)
+        finally:
+            await chunks.aclose()  # at once, also when the caller goes away
+
+    async def ExtractFileContent(
+        self, request: pb.ExtractFileContentRequest, context: Context
+    ) -> pb.ExtractFileContentResponse:
+        try:
+            which = request.WhichOneof("source")
+            if which == "file_id":
+                record, extracted = await self.library.extract_stored(request.team, request.file_id)
+                filename, size = record.filename, record.bytes
+            elif which == "inline":
+                inline = request.inline
+                extracted = await self.library.extract_inline(
+                    inline.filename, inline.content_type, inline.data
+                )
+                filename, size = inline.filename, len(inline.data)
+            else:
+                raise ServiceError(
+                    Kind.INVALID_ARGUMENT,
+                    "SOURCE_MISSING",
+                    "Give a file_id or an inline file.",
+                    "source",
+                )
+        except ServiceError as error:
+            await abort(context, error)
+        response = pb.ExtractFileContentResponse(filename=filename, bytes=size)
+        if extracted.image_data_url is not None:
+            response.image_data_url = extracted.image_data_url
+        else:
+            response.text = extracted.text or ""
+        return response

@@ -1,0 +1,171 @@
+"""The one place the files service touches its database (SQLAlchemy, sync).
+
+Only metadata lives here; the bytes are in a BlobStore. Calls block, so async
+callers run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Integer, String, create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import Select
+
+from services.files.records import FileRecord
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StoredFile(Base):
+    __tablename__ = "files"
+
+    # Insertion order: listings page by it, so files created in the same second
+    # still come back in the order they were made.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True, index=True)
+    team: Mapped[str] = mapped_column(String(200), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+
+    def to_record(self) -> FileRecord:
+        return FileRecord(
+            id=self.id,
+            team=self.team,
+            filename=self.filename,
+            purpose=self.purpose,
+            bytes=self.bytes,
+            created_at=self.created_at,
+            content_type=self.content_type,
+            expires_at=self.expires_at,
+        )
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _live(statement: Select[StoredFile], team: str, now: int) -> Select[StoredFile]:
+    return statement.where(
+        StoredFile.team == team,
+        (StoredFile.expires_at.is_(None)) | (StoredFile.expires_at > now),
+    )
+
+
+class FileStore:
+    def __init__(self, database_url: str) -> None:
+        self.engine: Engine = create_engine(database_url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def team_usage(self, team: str, now: int) -> int:
+        with self._sessions() as session:
+            return _usage(session, team, now)
+
+    def insert_if_fits(self, record: FileRecord, quota_bytes: int) -> tuple[bool, int]:
+        """Insert unless the team's live files plus this one exceed `quota_bytes`
+        (0: no quota). Answers whether it was inserted and the usage before."""
+        with self._sessions.begin() as session:
+            usage = _usage(session, record.team, record.created_at) if quota_bytes else 0
+            if quota_bytes and usage + record.bytes > quota_bytes:
+                return False, usage
+            session.add(_row(record))
+        return True, usage
+
+    def get(self, team: str, file_id: str, now: int) -> FileRecord | None:
+        with self._sessions() as session:
+            row = session.scalar(
+                _live(select(StoredFile), team, now).where(StoredFile.id == file_id)
+            )
+            return row.to_record() if row else None
+
+    def page(
+        self,
+        team: str,
+        now: int,
+        *,
+        purpose: str | None,
+        limit: int,
+        after: str | None,
+        ascending: bool,
+    ) -> tuple[list[FileRecord], bool] | None:
+        """One page and whether more follow; None when `after` is no file of the team."""
+        with self._sessions() as session:
+            statement = _live(select(StoredFile), team, now)
+            if purpose:
+                statement = statement.where(StoredFile.purpose == purpose)
+            if after:
+                cursor = session.scalar(
+                    select(StoredFile.seq).where(StoredFile.team == team, StoredFile.id == after)
+                )
+                if cursor is None:
+                    return None
+                statement = statement.where(
+                    StoredFile.seq > cursor if ascending else StoredFile.seq < cursor
+                )
+            order = StoredFile.seq.asc() if ascending else StoredFile.seq.desc()
+            rows = list(session.scalars(statement.order_by(order).limit(limit + 1)))
+        return [row.to_record() for row in rows[:limit]], len(rows) > limit
+
+    def delete(self, team: str, file_id: str, now: int) -> FileRecord | None:
+        with self._sessions.begin() as session:
+            row = session.scalar(
+                _live(select(StoredFile), team, now).where(StoredFile.id == file_id)
+            )
+            if row is None:
+                return None
+            session.delete(row)
+            return row.to_record()
+
+    def expired(self, now: int, limit: int) -> list[FileRecord]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(StoredFile)
+                .where(StoredFile.expires_at.is_not(None), StoredFile.expires_at <= now)
+                .limit(limit)
+            )
+            return [row.to_record() for row in rows]
+
+    def remove(self, file_id: str) -> None:
+        with self._sessions.begin() as session:
+            row = session.scalar(select(StoredFile).where(StoredFile.id == file_id))
+            if row is not None:
+                session.delete(row)
+
+
+def _usage(session: Session, team: str, now: int) -> int:
+    total = session.scalar(
+        select(func.coalesce(func.sum(StoredFile.bytes), 0)).where(
+            StoredFile.team == team,
+            (StoredFile.expires_at.is_(None)) | (StoredFile.expires_at > now),
+        )
+    )
+    return int(total or 0)
+
+
+def _row(record: FileRecord) -> StoredFile:
+    return StoredFile(
+        id=record.id,
+        team=record.team,
+        filename=record.filename,
+        purpose=record.purpose,
+        bytes=record.bytes,
+        content_type=record.content_type,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+    )
