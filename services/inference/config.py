@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import env, env_int, listen_address
+from services.common.config import env, env_float, env_int, listen_address
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,10 @@ class Settings:
     local_n_ctx: int = 8192
     local_threads: int = 2
     local_max_waiting: int = 16
+    embed_threads: int = 2
+    upstream_max_connections: int = 100  # per upstream replica
+    upstream_eject_after: int = 3  # consecutive failures that eject a replica
+    upstream_cooldown_s: float = 10.0  # how long an ejected replica rests before a probe
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -26,4 +30,8 @@ class Settings:
             local_n_ctx=env_int("AQUEDUCT_LOCAL_N_CTX", 8192, minimum=256),
             local_threads=env_int("AQUEDUCT_LOCAL_THREADS", min(4, os.cpu_count() or 1), minimum=1),
             local_max_waiting=env_int("AQUEDUCT_LOCAL_MAX_WAITING", 16, minimum=0),
+            embed_threads=env_int("AQUEDUCT_EMBED_THREADS", min(4, os.cpu_count() or 1), minimum=1),
+            upstream_max_connections=env_int("AQUEDUCT_UPSTREAM_MAX_CONNECTIONS", 100, minimum=1),
+            upstream_eject_after=env_int("AQUEDUCT_UPSTREAM_EJECT_AFTER", 3, minimum=1),
+            upstream_cooldown_s=env_float("AQUEDUCT_UPSTREAM_COOLDOWN_S", 10.0, minimum=0.0),
         )

@@ -31,6 +31,7 @@ class ChatRequest:
     messages: tuple[Message, ...]
     sampling: Sampling = field(default_factory=Sampling)
     user: str = ""
+    fallback_models: tuple[str, ...] = ()  # tried in order when `model` cannot serve
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +49,23 @@ class Finish:
     completion_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Sent by the router before the first batch: the model that serves (after
+    aliases and fallbacks)."""
+
+    model: str
+
+
 # A backend yields batches of deltas (all it had at the time) and then one Finish.
 Event = list[Delta] | Finish
 
 
-class ChatBackend(Protocol):
+class Backend(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
+
+class ChatBackend(Backend, Protocol):
     def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]: ...

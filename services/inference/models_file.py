@@ -15,12 +15,19 @@ import yaml
 
 from services.common.config import ConfigError
 
-BACKENDS = ("local", "openai")
+BACKENDS = ("local", "openai", "local-embedding")
+# What each backend can do: chat completions, embeddings.
+CAPABILITIES = {
+    "local": frozenset({"chat"}),
+    "openai": frozenset({"chat", "embeddings"}),
+    "local-embedding": frozenset({"embeddings"}),
+}
 MODEL_KEYS = {
     "name",
     "backend",
     "aliases",
     "timeout_s",
+    "connect_timeout_s",
     "upstreams",
     "path",
     "fallbacks",
@@ -28,12 +35,13 @@ MODEL_KEYS = {
 }
 UPSTREAM_KEYS = {"url", "api_key", "api_key_env", "model"}
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
 
 
 @dataclass(frozen=True)
 class UpstreamSpec:
     url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)  # never in a log line
     model: str | None
 
 
@@ -42,11 +50,16 @@ class ModelSpec:
     name: str
     backend: str
     aliases: tuple[str, ...] = ()
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # the whole request, retries and streaming included
+    connect_timeout_s: float = 10.0  # one TCP (and TLS) connect to an upstream
     upstreams: tuple[UpstreamSpec, ...] = ()
     path: Path | None = None  # local: a GGUF file; default the bundled model
     fallbacks: tuple[str, ...] = ()
     owned_by: str = "aqueduct"
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return CAPABILITIES[self.backend]
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,12 @@ class ModelsConfig:
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
 
 
-BUILT_IN = ModelsConfig((ModelSpec(name=DEFAULT_LOCAL_MODEL, backend="local"),))
+BUILT_IN = ModelsConfig(
+    (
+        ModelSpec(name=DEFAULT_LOCAL_MODEL, backend="local"),
+        ModelSpec(name=DEFAULT_EMBEDDING_MODEL, backend="local-embedding"),
+    )
+)
 
 
 def load(path: Path | None) -> ModelsConfig:
@@ -88,10 +106,17 @@ def parse(document: Any, source: str) -> ModelsConfig:
             if model_id in seen:
                 raise fail(f"models[{i}]", f"id '{model_id}' is already used by {seen[model_id]}")
             seen[model_id] = f"models[{i}]"
+    by_id = {model_id: m for m in models for model_id in (m.name, *m.aliases)}
     for i, model in enumerate(models):
         for j, fallback in enumerate(model.fallbacks):
             if fallback not in seen:
                 raise fail(f"models[{i}].fallbacks[{j}]", f"unknown model '{fallback}'")
+            if not model.capabilities & by_id[fallback].capabilities:
+                raise fail(
+                    f"models[{i}].fallbacks[{j}]",
+                    f"'{fallback}' (backend {by_id[fallback].backend}) cannot serve what "
+                    f"'{model.name}' (backend {model.backend}) serves",
+                )
     return ModelsConfig(tuple(models))
 
 
@@ -105,9 +130,8 @@ def _model(entry: Any, where: str, fail: Any) -> ModelSpec:
     backend = _string(entry, "backend", where, fail, required=True)
     if backend not in BACKENDS:
         raise fail(f"{where}.backend", f"must be one of {', '.join(BACKENDS)}; got '{backend}'")
-    timeout = entry.get("timeout_s", 600.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-        raise fail(f"{where}.timeout_s", "must be a positive number of seconds")
+    timeout = _seconds(entry, "timeout_s", 600.0, where, fail)
+    connect_timeout = _seconds(entry, "connect_timeout_s", 10.0, where, fail)
     upstreams = entry.get("upstreams")
     if backend == "openai":
         if not isinstance(upstreams, list) or not upstreams:
@@ -126,12 +150,20 @@ def _model(entry: Any, where: str, fail: Any) -> ModelSpec:
         name=name,
         backend=backend,
         aliases=_strings(entry, "aliases", where, fail),
-        timeout_s=float(timeout),
+        timeout_s=timeout,
+        connect_timeout_s=connect_timeout,
         upstreams=parsed,
         path=Path(path) if path else None,
         fallbacks=_strings(entry, "fallbacks", where, fail),
         owned_by=_string(entry, "owned_by", where, fail) or "aqueduct",
     )
+
+
+def _seconds(entry: dict[str, Any], key: str, default: float, where: str, fail: Any) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise fail(f"{where}.{key}", "must be a positive number of seconds")
+    return float(value)
 
 
 def _upstream(entry: Any, where: str, fail: Any) -> UpstreamSpec:

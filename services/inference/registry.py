@@ -1,61 +1,93 @@
-"""Which backend serves which model id (names and aliases)."""
+"""Which backend serves which model id (names and aliases): one immutable
+snapshot of the models file, with the backends it built."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.config import ConfigError
 from services.common.errors import Kind, ServiceError
 from services.inference.config import Settings
-from services.inference.generation import ChatBackend
+from services.inference.embedding import EmbeddingBackend
+from services.inference.generation import Backend, ChatBackend
+from services.inference.local_embedding import LocalEmbeddingModel
 from services.inference.local_model import LocalChatModel, LocalModelOptions, bundled_model_path
 from services.inference.models_file import ModelsConfig, ModelSpec
+from services.inference.openai_backend import OpenAIBackend, UpstreamOptions
+
+OPERATIONS = {"chat": "chat completions", "embeddings": "embeddings"}
 
 
 @dataclass(frozen=True)
 class ServedModel:
     spec: ModelSpec
-    backend: ChatBackend
+    backend: Backend
     created: int
+    chat: ChatBackend | None = None
+    embedder: EmbeddingBackend | None = None
 
 
 class ModelRegistry:
     def __init__(self, models: list[ServedModel]) -> None:
         self.models = models
+        self.in_flight = 0  # requests holding this snapshot (see Catalog.lease)
         self._by_id: dict[str, ServedModel] = {}
         for model in models:
             for model_id in (model.spec.name, *model.spec.aliases):
                 self._by_id[model_id] = model
 
-    def resolve(self, model_id: str) -> ServedModel:
+    @property
+    def backends(self) -> set[Backend]:
+        return {m.backend for m in self.models}
+
+    def resolve(self, model_id: str, param: str = "model") -> ServedModel:
         model = self._by_id.get(model_id)
         if model is None:
             raise ServiceError(
                 Kind.NOT_FOUND,
                 "MODEL_NOT_FOUND",
                 f"The model '{model_id}' does not exist or is not served here.",
-                param="model",
+                param=param,
             )
         return model
 
-    async def start(self) -> None:
-        for model in self.models:
-            await model.backend.start()
+    def resolve_for(self, model_id: str, operation: str, param: str = "model") -> ServedModel:
+        """`resolve`, and refuse a model that cannot do `operation` ("chat" | "embeddings")."""
+        model = self.resolve(model_id, param)
+        if operation not in model.spec.capabilities:
+            raise ServiceError(
+                Kind.INVALID_ARGUMENT,
+                "OPERATION_NOT_SUPPORTED",
+                f"The model '{model_id}' does not support {OPERATIONS[operation]}.",
+                param=param,
+            )
+        return model
 
-    async def close(self) -> None:
-        for model in self.models:
-            await model.backend.close()
+
+def backend_key(spec: ModelSpec) -> ModelSpec:
+    """What decides a backend: two specs equal here can share one (across reloads)."""
+    return dataclasses.replace(spec, aliases=(), fallbacks=(), owned_by="")
 
 
-def build_registry(config: ModelsConfig, settings: Settings) -> ModelRegistry:
+def build_registry(
+    config: ModelsConfig, settings: Settings, reuse: Mapping[ModelSpec, ServedModel] | None = None
+) -> ModelRegistry:
+    """A snapshot of `config`; backends found in `reuse` (by backend_key) are kept."""
     now = int(time.time())
-    return ModelRegistry(
-        [ServedModel(spec, _backend(spec, settings), now) for spec in config.models]
-    )
+    models = []
+    for spec in config.models:
+        kept = (reuse or {}).get(backend_key(spec))
+        if kept is not None:
+            models.append(dataclasses.replace(kept, spec=spec))
+        else:
+            models.append(_serve(spec, settings, now))
+    return ModelRegistry(models)
 
 
-def _backend(spec: ModelSpec, settings: Settings) -> ChatBackend:
+def _serve(spec: ModelSpec, settings: Settings, now: int) -> ServedModel:
     if spec.backend == "local":
         options = LocalModelOptions(
             path=spec.path or bundled_model_path(),
@@ -63,7 +95,23 @@ def _backend(spec: ModelSpec, settings: Settings) -> ChatBackend:
             n_threads=settings.local_threads,
             max_waiting=settings.local_max_waiting,
         )
-        return LocalChatModel(spec.name, options)
+        local = LocalChatModel(spec.name, options)
+        return ServedModel(spec, local, now, chat=local)
+    if spec.backend == "openai":
+        upstream = OpenAIBackend(
+            spec,
+            UpstreamOptions(
+                max_connections=settings.upstream_max_connections,
+                eject_after=settings.upstream_eject_after,
+                cooldown_s=settings.upstream_cooldown_s,
+            ),
+        )
+        return ServedModel(spec, upstream, now, chat=upstream, embedder=upstream)
+    if spec.backend == "local-embedding":
+        embedder = LocalEmbeddingModel(
+            spec.name, settings.embed_threads, settings.local_max_waiting
+        )
+        return ServedModel(spec, embedder, now, embedder=embedder)
     raise ConfigError(
         f"model '{spec.name}': backend '{spec.backend}' is not available in this build"
     )

@@ -2,31 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
+
 from aqueduct.inference.v1 import inference_pb2, inference_pb2_grpc
 
 from services.common.grpc_server import GrpcService, ServiceHost
-from services.inference import models_file
+from services.inference.catalog import Catalog
 from services.inference.config import Settings
-from services.inference.registry import build_registry
+from services.inference.registry import ModelRegistry
 from services.inference.servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
 class InferenceServer(GrpcService):
-    """Model backends behind a gRPC host; SERVING once every model is loaded."""
+    """Model backends behind a gRPC host; SERVING once every model is loaded.
+
+    SIGHUP reloads the models file (see Catalog) without dropping requests."""
 
     name = "inference"
 
     def __init__(self, settings: Settings) -> None:
-        self.registry = build_registry(models_file.load(settings.models_config), settings)
+        self.catalog = Catalog(settings)
         self.host = ServiceHost(settings.address, [SERVICE_NAME])
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(self.registry), self.host.server
+            InferenceServicer(self.catalog), self.host.server
         )
+        self._reloads: set[asyncio.Task[bool]] = set()
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The models served now (the catalog's current snapshot)."""
+        return self.catalog.current
 
     async def ready(self) -> None:
-        await self.registry.start()
+        await self.catalog.start()
 
     async def close(self) -> None:
-        await self.registry.close()
+        await self.catalog.close()
+
+    async def reload(self) -> bool:
+        return await self.catalog.reload()
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading the models file")
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def run(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        await super().run()

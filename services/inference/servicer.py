@@ -12,8 +12,11 @@ from aqueduct.inference.v1 import inference_pb2_grpc
 
 from services.common.errors import ServiceError
 from services.common.status import abort
-from services.inference.generation import ChatRequest, Finish, Message, Sampling
-from services.inference.registry import ModelRegistry
+from services.inference.catalog import Catalog
+from services.inference.embedding import EmbeddingInput, EmbedRequest
+from services.inference.generation import ChatRequest, Finish, Message, Routed, Sampling
+from services.inference.registry import ServedModel
+from services.inference.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,27 @@ def chat_request(message: pb.StreamChatCompletionRequest) -> ChatRequest:
             frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
         ),
         user=message.user,
+        fallback_models=tuple(message.fallback_models),
+    )
+
+
+def embed_request(message: pb.CreateEmbeddingsRequest) -> EmbedRequest:
+    inputs: list[EmbeddingInput] = [
+        i.text if i.WhichOneof("input") != "tokens" else tuple(i.tokens.ids) for i in message.inputs
+    ]
+    return EmbedRequest(
+        model=message.model,
+        inputs=tuple(inputs),
+        dimensions=message.dimensions if message.HasField("dimensions") else None,
+        user=message.user,
+        fallback_models=tuple(message.fallback_models),
+        input_type=message.input_type,
+    )
+
+
+def model_message(model_id: str, served: ServedModel) -> pb.Model:
+    return pb.Model(
+        id=model_id, owned_by=served.spec.owned_by, created=served.created, root=served.spec.name
     )
 
 
@@ -58,18 +82,43 @@ def summary_message(finish: Finish, model: str) -> pb.StreamChatCompletionRespon
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.router = Router(catalog)
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[
-                pb.Model(id=model_id, owned_by=m.spec.owned_by, created=m.created)
-                for m in self.registry.models
+                model_message(model_id, m)
+                for m in self.catalog.current.models
                 for model_id in (m.spec.name, *m.spec.aliases)
             ]
+        )
+
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetModelResponse:
+        try:
+            served = self.catalog.current.resolve(request.id, param="id")
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.GetModelResponse(model=model_message(request.id, served))
+
+    async def CreateEmbeddings(
+        self, request: pb.CreateEmbeddingsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateEmbeddingsResponse:
+        try:
+            served, result = await self.router.embed(embed_request(request))
+        except ServiceError as error:
+            await abort(context, error)
+        return pb.CreateEmbeddingsResponse(
+            embeddings=[
+                pb.Embedding(index=i, values=row.tolist()) for i, row in enumerate(result.vectors)
+            ],
+            usage=pb.Usage(prompt_tokens=result.prompt_tokens),
+            model=served,
         )
 
     async def StreamChatCompletion(  # type: ignore[override]  # writes, does not yield
@@ -80,22 +129,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         # `aclosing` block, so the backend stream is closed at once and stops
         # its generation or upstream request. A suspended generator would not be.
         try:
-            model = self.registry.resolve(request.model)
-            served, first = model.spec.name, True
+            served, first = request.model, True
             async with contextlib.aclosing(
-                model.backend.stream_chat(chat_request(request))
+                self.router.stream_chat(chat_request(request))
             ) as events:
                 async for event in events:
-                    if isinstance(event, Finish):
+                    if isinstance(event, list):
+                        batch = pb.DeltaBatch(
+                            deltas=[
+                                pb.Delta(choice_index=d.choice_index, content=d.text) for d in event
+                            ],
+                            model=served if first else "",
+                        )
+                        first = False
+                        await context.write(pb.StreamChatCompletionResponse(deltas=batch))
+                    elif isinstance(event, Routed):
+                        served = event.model
+                    elif isinstance(event, Finish):
                         await context.write(summary_message(event, served))
                         return
-                    batch = pb.DeltaBatch(
-                        deltas=[
-                            pb.Delta(choice_index=d.choice_index, content=d.text) for d in event
-                        ],
-                        model=served if first else "",
-                    )
-                    first = False
-                    await context.write(pb.StreamChatCompletionResponse(deltas=batch))
         except ServiceError as error:
             await abort(context, error)

@@ -15,7 +15,10 @@ def parse(doc: Any) -> models_file.ModelsConfig:
 
 def test_no_file_means_the_bundled_model() -> None:
     config = models_file.load(None)
-    assert [(m.name, m.backend) for m in config.models] == [("smollm2-135m-instruct", "local")]
+    assert [(m.name, m.backend) for m in config.models] == [
+        ("smollm2-135m-instruct", "local"),
+        ("multilingual-e5-small", "local-embedding"),
+    ]
 
 
 def test_contract_example_parses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,3 +120,67 @@ def test_unreadable_and_invalid_yaml_files(tmp_path: Path) -> None:
     bad.write_text("models: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         models_file.load(bad)
+
+
+def test_timeouts_and_local_embedding() -> None:
+    config = parse(
+        {
+            "models": [
+                {
+                    "name": "up",
+                    "backend": "openai",
+                    "timeout_s": 5,
+                    "connect_timeout_s": 0.5,
+                    "fallbacks": ["e5"],
+                    "upstreams": [{"url": "http://127.0.0.1:1/v1"}],
+                },
+                {"name": "e5", "backend": "local-embedding"},
+            ]
+        }
+    )
+    up, e5 = config.models
+    assert (up.timeout_s, up.connect_timeout_s) == (5.0, 0.5)
+    assert up.capabilities == {"chat", "embeddings"} and e5.capabilities == {"embeddings"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "where"),
+    [
+        (
+            {"models": [{"name": "a", "backend": "local", "connect_timeout_s": 0}]},
+            "models[0].connect_timeout_s",
+        ),
+        (
+            {
+                "models": [
+                    {"name": "a", "backend": "local", "fallbacks": ["e"]},
+                    {"name": "e", "backend": "local-embedding"},
+                ]
+            },
+            "models[0].fallbacks[0]: 'e' (backend local-embedding) cannot serve",
+        ),
+        (
+            {"models": [{"name": "e", "backend": "local-embedding", "upstreams": []}]},
+            "models[0].upstreams",
+        ),
+    ],
+)
+def test_new_keys_are_checked(doc: Any, where: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(doc)
+    assert where in str(caught.value)
+
+
+def test_upstream_keys_never_show_in_a_repr() -> None:
+    config = parse(
+        {
+            "models": [
+                {
+                    "name": "up",
+                    "backend": "openai",
+                    "upstreams": [{"url": "http://h/v1", "api_key": "sk-very-secret"}],
+                }
+            ]
+        }
+    )
+    assert "sk-very-secret" not in repr(config)

@@ -1,0 +1,34 @@
+"""What an embedding request is, independent of transport and backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from services.inference.generation import Backend
+
+# One input: a text, or token ids already made by the model's tokenizer.
+EmbeddingInput = str | tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    model: str
+    inputs: tuple[EmbeddingInput, ...]
+    dimensions: int | None = None
+    user: str = ""
+    fallback_models: tuple[str, ...] = ()
+    input_type: str = ""  # "query" | "passage" | "" (the model's default)
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: NDArray[np.float32]  # one row per input, in input order
+    prompt_tokens: int
+
+
+class EmbeddingBackend(Backend, Protocol):
+    async def embed(self, request: EmbedRequest) -> Embeddings: ...

@@ -1,0 +1,264 @@
+"""`backend: openai`: a model served by OpenAI-compatible HTTP upstreams.
+
+Each request gets one deadline (the model's `timeout_s`) for everything. The
+balancer picks the replica with the fewest outstanding requests; connect
+failures and 502/503 answers are retried on another replica, but only before
+the upstream has answered: once a response has begun, its failure is the
+request's failure. The upstream is always asked to stream with usage, and
+everything one read delivered is forwarded as one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+
+import httpx
+
+from services.common.errors import Kind, ServiceError
+from services.inference import openai_wire as wire
+from services.inference import tokens
+from services.inference.balancer import Balancer, Replica
+from services.inference.embedding import Embeddings, EmbedRequest
+from services.inference.generation import ChatRequest, Event
+from services.inference.models_file import ModelSpec
+from services.inference.sse import SseDecoder
+from services.inference.upstream import BodyPump, PoolOptions, Upstream, read_limited
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({502, 503})
+# Failures before any response: safe to try on another replica.
+RETRY_ERRORS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
+JSON_HEADERS = {"accept": "application/json"}
+MAX_ERROR_BODY = 64 * 1024
+MAX_COMPLETION_BODY = 64 * 1024 * 1024
+MAX_EMBEDDINGS_BODY = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UpstreamOptions:
+    max_connections: int = 100
+    eject_after: int = 3
+    cooldown_s: float = 10.0
+
+
+class OpenAIBackend:
+    def __init__(self, spec: ModelSpec, options: UpstreamOptions) -> None:
+        self.spec = spec
+        pool = PoolOptions(options.max_connections, spec.connect_timeout_s)
+        self.balancer = Balancer(
+            [Upstream(u, spec.name, pool) for u in spec.upstreams],
+            eject_after=options.eject_after,
+            cooldown_s=options.cooldown_s,
+        )
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for replica in self.balancer.replicas:
+            await replica.target.close()
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
+        deadline = asyncio.get_running_loop().time() + self.spec.timeout_s
+        replica, response = await self._open(
+            "chat/completions",
+            lambda upstream: wire.chat_payload(request, upstream.model),
+            STREAM_HEADERS,
+            deadline,
+        )
+        pump = BodyPump(response, deadline)
+        chunks = wire.ChatChunks(self.spec.name)
+        try:
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                decoder = SseDecoder()
+                while not chunks.done:
+                    read = await pump.take()
+                    if read is None:
+                        deltas = chunks.feed(decoder.close())
+                    else:
+                        deltas = chunks.feed(decoder.feed(b"".join(read)))
+                    if deltas:
+                        yield deltas
+                    if read is None:
+                        break
+            else:  # a server that answered JSON although asked to stream
+                body = await pump.read_all(MAX_COMPLETION_BODY, self._too_large)
+                deltas = chunks.completion(body)
+                if deltas:
+                    yield deltas
+            finish = chunks.finish(request)
+        except ServiceError:
+            self.balancer.failed(replica)
+            raise
+        except TimeoutError:
+            self.balancer.failed(replica)
+            raise self._timeout() from None
+        except httpx.HTTPError as error:
+            self.balancer.failed(replica)
+            log.warning(
+                "upstream stream broke",
+                extra={"upstream": replica.target.url, "error": repr(error)},
+            )
+            raise ServiceError(
+                Kind.UNAVAILABLE,
+                "UPSTREAM_ERROR",
+                f"The connection to the upstream of model '{self.spec.name}' broke mid-stream.",
+            ) from None
+        finally:
+            await pump.close()
+            self.balancer.release(replica)
+        yield finish
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        deadline = asyncio.get_running_loop().time() + self.spec.timeout_s
+        replica, response = await self._open(
+            "embeddings",
+            lambda upstream: wire.embeddings_payload(request, upstream.model),
+            JSON_HEADERS,
+            deadline,
+        )
+        try:
+            body = await read_limited(response, deadline, MAX_EMBEDDINGS_BODY, self._too_large)
+            matrix, prompt_tokens = wire.parse_embeddings(body, len(request.inputs), self.spec.name)
+        except ServiceError:
+            self.balancer.failed(replica)
+            raise
+        except TimeoutError:
+            self.balancer.failed(replica)
+            raise self._timeout() from None
+        except httpx.HTTPError:
+            self.balancer.failed(replica)
+            raise ServiceError(
+                Kind.UNAVAILABLE,
+                "UPSTREAM_ERROR",
+                f"The connection to the upstream of model '{self.spec.name}' broke.",
+            ) from None
+        finally:
+            await response.aclose()
+            self.balancer.release(replica)
+        if prompt_tokens is None:
+            prompt_tokens = sum(
+                tokens.text_tokens(i) if isinstance(i, str) else len(i) for i in request.inputs
+            )
+        return Embeddings(matrix, prompt_tokens)
+
+    async def _open(
+        self,
+        path: str,
+        body: Callable[[Upstream], bytes],
+        headers: dict[str, str],
+        deadline: float,
+    ) -> tuple[Replica[Upstream], httpx.Response]:
+        """A response with a 2xx status from some replica, its load still counted.
+
+        Tries each replica at most once; retries only what failed before an
+        answer began (connect errors) or answered 502/503.
+        """
+        tried: list[Replica[Upstream]] = []
+        failure: ServiceError | None = None
+        while (replica := self.balancer.acquire(tried)) is not None:
+            tried.append(replica)
+            upstream = replica.target
+            try:
+                request = upstream.client.build_request(
+                    "POST", path, content=body(upstream), headers=headers
+                )
+                async with asyncio.timeout_at(deadline):
+                    response = await upstream.client.send(request, stream=True)
+            except TimeoutError:
+                self._failed(replica, "timed out")
+                raise self._timeout() from None
+            except RETRY_ERRORS as error:
+                self._failed(replica, repr(error))
+                failure = self._unreachable(error)
+                continue
+            except httpx.HTTPError as error:
+                self._failed(replica, repr(error))
+                raise self._unreachable(error) from None
+            except BaseException:
+                self.balancer.abandoned(replica)
+                self.balancer.release(replica)
+                raise
+            if response.status_code < 300:
+                self.balancer.succeeded(replica)
+                return replica, response
+            try:
+                answer = await read_limited(
+                    response,
+                    deadline,
+                    MAX_ERROR_BODY,
+                    lambda: wire.bad_response(self.spec.name, "error body too large"),
+                )
+                refusal = wire.rejection(
+                    response.status_code,
+                    answer,
+                    response.headers.get("retry-after"),
+                    self.spec.name,
+                )
+            except (TimeoutError, httpx.HTTPError, ServiceError):
+                refusal = wire.rejection(response.status_code, b"", None, self.spec.name)
+            except BaseException:
+                self.balancer.abandoned(replica)
+                self.balancer.release(replica)
+                raise
+            finally:
+                await response.aclose()
+            if response.status_code >= 500:
+                self._failed(replica, f"HTTP {response.status_code}")
+                if response.status_code in RETRY_STATUSES:
+                    failure = refusal
+                    continue
+            else:
+                self.balancer.succeeded(replica)  # it answered: alive
+                self.balancer.release(replica)
+            raise refusal
+        raise failure or ServiceError(
+            Kind.UNAVAILABLE,
+            "NO_HEALTHY_UPSTREAM",
+            f"Every upstream of model '{self.spec.name}' is cooling down after repeated "
+            "failures; retry shortly.",
+        )
+
+    def _failed(self, replica: Replica[Upstream], why: str) -> None:
+        log.warning(
+            "upstream attempt failed",
+            extra={"model": self.spec.name, "upstream": replica.target.url, "error": why},
+        )
+        self.balancer.failed(replica)
+        self.balancer.release(replica)
+
+    def _unreachable(self, error: httpx.HTTPError) -> ServiceError:
+        if isinstance(error, httpx.ConnectTimeout):
+            return ServiceError(
+                Kind.DEADLINE_EXCEEDED,
+                "UPSTREAM_TIMEOUT",
+                f"Could not connect to an upstream of model '{self.spec.name}' within "
+                f"{self.spec.connect_timeout_s:g} s.",
+            )
+        return ServiceError(
+            Kind.UNAVAILABLE,
+            "UPSTREAM_UNAVAILABLE",
+            f"Could not reach an upstream of model '{self.spec.name}'.",
+        )
+
+    def _timeout(self) -> ServiceError:
+        return ServiceError(
+            Kind.DEADLINE_EXCEEDED,
+            "UPSTREAM_TIMEOUT",
+            f"Model '{self.spec.name}' did not finish within its "
+            f"{self.spec.timeout_s:g} s timeout.",
+        )
+
+    def _too_large(self) -> ServiceError:
+        return wire.bad_response(self.spec.name, "the answer is too large")

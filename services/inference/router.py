@@ -1,0 +1,101 @@
+"""Which model serves a request, in order: the one asked for, then the caller's
+`fallback_models`, then each of those models' configured `fallbacks`.
+
+The next model is tried only when the previous one failed before it produced
+anything, and only for failures another model may not share: unavailable
+(no healthy upstream, upstream down, model busy) or rate limited. A request's
+own faults (bad parameters, unknown model) and timeouts end it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
+
+from services.common.errors import Kind, ServiceError
+from services.inference.catalog import Catalog
+from services.inference.embedding import Embeddings, EmbedRequest
+from services.inference.generation import ChatRequest, Event, Routed
+from services.inference.registry import ModelRegistry, ServedModel
+
+log = logging.getLogger(__name__)
+
+FALLBACK_KINDS = frozenset({Kind.UNAVAILABLE, Kind.RESOURCE_EXHAUSTED})
+
+
+def candidates(
+    registry: ModelRegistry, model: str, fallbacks: tuple[str, ...], operation: str
+) -> list[ServedModel]:
+    """The models to try, in order, each once."""
+    ordered: list[ServedModel] = []
+    seen: set[str] = set()
+
+    def add(served: ServedModel) -> None:
+        if served.spec.name not in seen:
+            seen.add(served.spec.name)
+            ordered.append(served)
+
+    add(registry.resolve_for(model, operation))
+    for fallback in fallbacks:
+        add(registry.resolve_for(fallback, operation, param="models"))
+    position = 0
+    while position < len(ordered):  # then configured fallbacks, breadth first
+        for name in ordered[position].spec.fallbacks:
+            served = registry.resolve(name)
+            if operation in served.spec.capabilities:
+                add(served)
+        position += 1
+    return ordered
+
+
+class Router:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event | Routed, None]:
+        """`Routed(model)` once a model has produced its first event, then its events."""
+        with self.catalog.lease() as registry:
+            chain = candidates(registry, request.model, request.fallback_models, "chat")
+            failure: ServiceError | None = None
+            for served in chain:
+                assert served.chat is not None
+                async with contextlib.aclosing(served.chat.stream_chat(request)) as events:
+                    try:
+                        first = await anext(events)
+                    except ServiceError as error:
+                        if error.kind not in FALLBACK_KINDS:
+                            raise
+                        failure = _note(error, served)
+                        continue
+                    yield Routed(served.spec.name)
+                    yield first
+                    async for event in events:
+                        yield event
+                    return
+            assert failure is not None
+            raise failure
+
+    async def embed(self, request: EmbedRequest) -> tuple[str, Embeddings]:
+        """The model that served, and its embeddings."""
+        with self.catalog.lease() as registry:
+            chain = candidates(registry, request.model, request.fallback_models, "embeddings")
+            failure: ServiceError | None = None
+            for served in chain:
+                assert served.embedder is not None
+                try:
+                    return served.spec.name, await served.embedder.embed(request)
+                except ServiceError as error:
+                    if error.kind not in FALLBACK_KINDS:
+                        raise
+                    failure = _note(error, served)
+            assert failure is not None
+            raise failure
+
+
+def _note(error: ServiceError, served: ServedModel) -> ServiceError:
+    log.warning(
+        "model failed before answering; trying the next one",
+        extra={"model": served.spec.name, "reason": error.reason},
+    )
+    return error

@@ -1,0 +1,43 @@
+"""Server-Sent Events decoding, incremental: bytes in as they arrive, data out.
+
+Only `data:` fields matter to an OpenAI-compatible stream; comments, `event:`,
+`id:` and `retry:` lines are skipped. Lines end in LF, CRLF or CR; an event ends
+at a blank line and yields its data lines joined by LF.
+"""
+
+from __future__ import annotations
+
+
+class SseDecoder:
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Every event completed by `chunk`, as the bytes of its data."""
+        buffer = self._buffer + chunk
+        if b"\r" in buffer:
+            # A CR at the very end may be the first half of a CRLF: wait for more.
+            held = buffer.endswith(b"\r")
+            if held:
+                buffer = buffer[:-1]
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if held:
+                buffer += b"\r"
+        *lines, self._buffer = buffer.split(b"\n")
+        events: list[bytes] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append(b"\n".join(self._data))
+                    self._data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append(value[1:] if value.startswith(b" ") else value)
+        return events
+
+    def close(self) -> list[bytes]:
+        """At the end of the body: an event left without its blank line still counts."""
+        events = self.feed(b"\n\n")
+        self._buffer = b""
+        return events

@@ -1,0 +1,176 @@
+"""The OpenAI wire format as an upstream speaks it: bodies out, chunks and errors in."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+import orjson
+import pytest
+
+from services.common.errors import Kind, ServiceError
+from services.inference import openai_wire as wire
+from services.inference.embedding import EmbedRequest
+from services.inference.generation import ChatRequest, Delta, Message, Sampling
+
+REQUEST = ChatRequest(
+    "m", (Message("system", "Be brief."), Message("user", "Hi", "ann")), Sampling(max_tokens=5)
+)
+
+
+def chunk(content: str | None = None, finish: str | None = None, **extra: object) -> bytes:
+    choice: dict[str, object] = {"index": 0, "delta": {"content": content} if content else {}}
+    if finish:
+        choice["finish_reason"] = finish
+    return orjson.dumps({"choices": [choice], **extra})
+
+
+def test_chat_payload_always_streams_with_usage_and_only_set_parameters() -> None:
+    body = orjson.loads(wire.chat_payload(REQUEST, "served"))
+    assert body == {
+        "model": "served",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi", "name": "ann"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 5,
+    }
+
+
+def test_chunks_of_one_read_merge_into_one_delta_per_choice() -> None:
+    chunks = wire.ChatChunks("m")
+    assert chunks.feed([chunk("Hel"), chunk("lo")]) == [Delta(0, "Hello")]
+    assert chunks.feed([chunk(finish="length")]) == []
+    chunks.feed(
+        [orjson.dumps({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})]
+    )
+    assert chunks.feed([b"[DONE]"]) == [] and chunks.done
+    finish = chunks.finish(REQUEST)
+    assert (finish.finish_reasons, finish.prompt_tokens, finish.completion_tokens) == (
+        {0: "length"},
+        9,
+        2,
+    )
+
+
+def test_usage_is_estimated_when_missing() -> None:
+    chunks = wire.ChatChunks("m")
+    chunks.feed([chunk("a" * 40), chunk("b"), chunk(finish="tool_calls"), b"[DONE]"])
+    finish = chunks.finish(REQUEST)
+    assert finish.finish_reasons == {0: "stop"}  # reasons we do not model become stop
+    assert finish.completion_tokens == 11  # 41 bytes / 4, rounded up
+    assert finish.prompt_tokens > 2 * 4
+
+
+@pytest.mark.parametrize(
+    ("events", "problem"),
+    [
+        ([b"{nope"], "not valid JSON"),
+        ([b"[1, 2]"], "not a JSON object"),
+        ([orjson.dumps({"choices": "x"})], "'choices' is not an array"),
+    ],
+)
+def test_garbage_events_are_bad_responses(events: list[bytes], problem: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        wire.ChatChunks("m").feed(events)
+    assert caught.value.reason == "UPSTREAM_BAD_RESPONSE"
+    assert problem in caught.value.message
+
+
+def test_an_error_event_mid_stream_is_an_upstream_error() -> None:
+    with pytest.raises(ServiceError) as caught:
+        wire.ChatChunks("m").feed([orjson.dumps({"error": {"message": "GPU on fire"}})])
+    assert caught.value.reason == "UPSTREAM_ERROR" and "GPU on fire" in caught.value.message
+
+
+def test_a_cut_stream_is_a_bad_response() -> None:
+    chunks = wire.ChatChunks("m")
+    chunks.feed([chunk("partial")])
+    with pytest.raises(ServiceError) as caught:
+        chunks.finish(REQUEST)
+    assert "ended before the completion finished" in caught.value.message
+    with pytest.raises(ServiceError) as nothing:
+        wire.ChatChunks("m").finish(REQUEST)
+    assert "not an OpenAI event stream" in nothing.value.message
+
+
+def test_a_whole_completion_is_accepted() -> None:
+    chunks = wire.ChatChunks("m")
+    body = {
+        "choices": [{"index": 0, "message": {"content": "hey"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
+    assert chunks.completion(orjson.dumps(body)) == [Delta(0, "hey")]
+    assert chunks.finish(REQUEST).prompt_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "reason"),
+    [
+        (400, Kind.INVALID_ARGUMENT, "UPSTREAM_REJECTED"),
+        (401, Kind.UNAUTHENTICATED, "UPSTREAM_REJECTED"),
+        (409, Kind.INVALID_ARGUMENT, "UPSTREAM_REJECTED"),
+        (422, Kind.FAILED_PRECONDITION, "UPSTREAM_REJECTED"),
+        (429, Kind.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED"),
+        (500, Kind.UNAVAILABLE, "UPSTREAM_ERROR"),
+        (502, Kind.UNAVAILABLE, "UPSTREAM_ERROR"),
+        (503, Kind.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+        (504, Kind.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT"),
+    ],
+)
+def test_rejections_by_status(status: int, kind: Kind, reason: str) -> None:
+    body = orjson.dumps({"error": {"message": "nope", "param": "messages"}})
+    error = wire.rejection(status, body, None, "m")
+    assert (error.kind, error.reason) == (kind, reason)
+    assert "nope" in error.message
+    if status < 500:
+        assert error.message == "nope" and error.param == "messages"
+        assert error.metadata["http_status"] == str(status)
+
+
+def test_429_carries_retry_after_in_seconds() -> None:
+    assert wire.rejection(429, b"", "12", "m").metadata["retry_after_s"] == "12"
+    date = wire.rejection(429, b"", "Thu, 01 Jan 2099 00:00:00 GMT", "m")
+    assert float(date.metadata["retry_after_s"]) > 1e9
+    assert "retry_after_s" not in wire.rejection(429, b"", "soon", "m").metadata
+
+
+def test_plain_text_error_bodies_become_the_message() -> None:
+    assert wire.rejection(400, b"model\nnot loaded", None, "m").message == "model not loaded"
+
+
+def test_embeddings_payload_and_answer() -> None:
+    request = EmbedRequest("m", ("a", (1, 2)), dimensions=4, input_type="query")
+    body = orjson.loads(wire.embeddings_payload(request, "served"))
+    assert body == {
+        "model": "served",
+        "input": ["a", [1, 2]],
+        "encoding_format": "float",
+        "dimensions": 4,
+        "input_type": "query",
+    }
+    packed = base64.b64encode(struct.pack("<2f", 0.5, -1.0)).decode()
+    answer = {
+        "data": [{"index": 1, "embedding": packed}, {"index": 0, "embedding": [1, 2]}],
+        "usage": {"prompt_tokens": 4},
+    }
+    matrix, tokens = wire.parse_embeddings(orjson.dumps(answer), 2, "m")
+    assert matrix.tolist() == [[1.0, 2.0], [0.5, -1.0]] and tokens == 4
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"data": [{"embedding": [1]}]},  # one short
+        {"data": [{"embedding": [1]}, {"embedding": [1, 2]}]},  # ragged
+        {"data": [{"embedding": ["x"]}, {"embedding": [1]}]},
+        {"data": [{"index": 0, "embedding": [1]}, {"index": 0, "embedding": [1]}]},
+        {"data": [{"embedding": "!!"}, {"embedding": [1]}]},
+    ],
+)
+def test_bad_embeddings_answers(answer: dict[str, object]) -> None:
+    with pytest.raises(ServiceError) as caught:
+        wire.parse_embeddings(orjson.dumps(answer), 2, "m")
+    assert caught.value.reason == "UPSTREAM_BAD_RESPONSE"
