@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from aqueduct.auth.v1 import auth_pb2_grpc
+from aqueduct.files.v1 import files_pb2_grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,7 +23,10 @@ from edge.admin import AdminApi
 from edge.auth import Authenticator
 from edge.chat import ChatHandler
 from edge.config import Settings
+from edge.embeddings import EmbeddingsHandler
 from edge.errors import ApiError, from_rpc_error
+from edge.file_parts import FilePartResolver
+from edge.files import FilesApi
 from edge.grpc_clients import open_channel
 from edge.http import error_response, json_response, request_id
 from edge.limits import Limiter
@@ -48,7 +52,19 @@ class Gateway:
         self.admin = AdminApi(
             self.authenticator, auth_pb2_grpc.AdminServiceStub(self.channels["auth"])
         )
+        files = files_pb2_grpc.FilesServiceStub(self.channels["files"])
+        self.files = FilesApi(self.authenticator, files)
         self.chat = ChatHandler(
+            self.authenticator,
+            self.limiter,
+            self.inference,
+            settings.max_body_bytes,
+            file_parts=FilePartResolver(
+                files, settings.max_file_part_bytes, settings.max_file_parts_total_bytes
+            ),
+        )
+
+        self.embeddings = EmbeddingsHandler(
             self.authenticator, self.limiter, self.inference, settings.max_body_bytes
         )
 
@@ -68,13 +84,31 @@ class Gateway:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "inference") from None
         allowed = set(principal.allowed_models)
-        data = [
-            {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
-            for m in listed.models
-            if not allowed or m.id in allowed
-        ]
+        data = [_model_json(m) for m in listed.models if not allowed or m.id in allowed]
         return json_response(
             {"object": "list", "data": data}, headers={"x-request-id": request_id(request)}
+        )
+
+    async def model(self, request: Request) -> Response:
+        """GET /v1/models/{id}: one model (an alias answers for its model); 404 in
+        OpenAI's shape for an id that is unknown or that the key may not use."""
+        principal = await self.authenticator.authenticate(request.headers, request_id(request))
+        model_id = request.path_params["model_id"]
+        allowed = set(principal.allowed_models)
+        try:
+            if allowed and model_id not in allowed:
+                raise ApiError(
+                    404,
+                    f"The model '{model_id}' does not exist or is not served here.",
+                    type="not_found_error",
+                    param="model",
+                    code="model_not_found",
+                )
+            found = await self.inference.GetModel(pb.GetModelRequest(id=model_id), timeout=5.0)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "inference") from None
+        return json_response(
+            _model_json(found.model), headers={"x-request-id": request_id(request)}
         )
 
     async def healthz(self, _request: Request) -> Response:
@@ -97,6 +131,17 @@ class Gateway:
         except grpc.aio.AioRpcError as error:
             return error.code().name
         return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
+def _model_json(m: pb.Model) -> dict[str, object]:
+    # `root`: the configured model an alias resolves to (vLLM's field).
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": m.created,
+        "owned_by": m.owned_by,
+        "root": m.root or m.id,
+    }
 
 
 async def _api_error(request: Request, error: Exception) -> Response:
@@ -150,6 +195,14 @@ async def _models(request: Request) -> Response:
     return await _gateway(request).models(request)
 
 
+async def _model(request: Request) -> Response:
+    return await _gateway(request).model(request)
+
+
+async def _embeddings(request: Request) -> Response:
+    return await _gateway(request).embeddings(request)
+
+
 async def _healthz(request: Request) -> Response:
     return await _gateway(request).healthz(request)
 
@@ -180,6 +233,25 @@ def _admin_routes() -> list[Route]:
     ]
 
 
+def _files_routes(prefix: str) -> list[Route]:
+    def call(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            handler: Callable[[Request], Awaitable[Response]] = getattr(
+                _gateway(request).files, name
+            )
+            return await handler(request)
+
+        return endpoint
+
+    return [
+        Route(f"{prefix}/files", call("create"), methods=["POST"]),
+        Route(f"{prefix}/files", call("list"), methods=["GET"]),
+        Route(f"{prefix}/files/{{file_id}}", call("retrieve"), methods=["GET"]),
+        Route(f"{prefix}/files/{{file_id}}", call("delete"), methods=["DELETE"]),
+        Route(f"{prefix}/files/{{file_id}}/content", call("content"), methods=["GET"]),
+    ]
+
+
 def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -195,7 +267,10 @@ def create_app(settings: Settings) -> Starlette:
         routes += [
             Route(f"{prefix}/chat/completions", _chat, methods=["POST"]),
             Route(f"{prefix}/models", _models, methods=["GET"]),
+            Route(f"{prefix}/models/{{model_id:path}}", _model, methods=["GET"]),
+            Route(f"{prefix}/embeddings", _embeddings, methods=["POST"]),
         ]
+        routes += _files_routes(prefix)
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -22,6 +22,8 @@ from edge.chat_protocol import (
     parse_chat_request,
 )
 from edge.errors import ApiError, from_rpc_error
+from edge.file_parts import FilePartResolver
+from edge.files import team_of
 from edge.http import EventStream, json_response, read_json, request_id, until_disconnect
 from edge.limits import Admission, Limiter, Usage, estimate_input_tokens
 
@@ -38,17 +40,23 @@ class ChatHandler:
         limiter: Limiter,
         inference: InferenceServiceAsyncStub,
         max_body_bytes: int,
+        file_parts: FilePartResolver | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
         self.inference = inference
         self.max_body_bytes = max_body_bytes
+        self.file_parts = file_parts
 
     async def __call__(self, request: Request) -> Response | EventStream:
         rid = request_id(request)
         principal = await self.authenticator.authenticate(request.headers, rid)
         chat = parse_chat_request(await read_json(request, self.max_body_bytes))
-        require_model_access(principal, chat.request.model)
+        for model in (chat.request.model, *chat.request.fallback_models):
+            require_model_access(principal, model)
+        # File parts -> text (edge/file_parts.py): after parsing, before inference.
+        if chat.pending and self.file_parts is not None:
+            await self.file_parts.resolve(chat, team_of(principal), rid)
         usage = Usage(
             rid,
             chat.request.model,
@@ -75,9 +83,9 @@ class ChatHandler:
                 writer = ChatWriter(meta, chat.include_usage)
                 # Wait for the first message before answering 200, so errors that
                 # come before any text (unknown model, overload) keep their status.
-                first = await _read(call, usage)
+                first = _render(writer, await _read(call, usage))  # names the served model
                 return EventStream(
-                    writer.start() + _render(writer, first),
+                    writer.start() + first,
                     _events(call, writer, usage),
                     headers,
                     on_close=lambda: _finish(self.limiter, admission, usage, None, call),

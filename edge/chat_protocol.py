@@ -21,6 +21,7 @@ FINISH_REASONS = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
 }
+MAX_FALLBACK_MODELS = 16
 # Accepted and passed on by OpenAI clients, but with no effect on generation here.
 IGNORED_PARAMS = frozenset({"metadata", "store", "service_tier", "modalities", "prediction"})
 # Fields of OpenAI's API this version does not implement yet: refused, never dropped.
@@ -39,12 +40,35 @@ UNSUPPORTED_PARAMS = frozenset(
 
 
 @dataclass(frozen=True)
+class FilePart:
+    """A `file` content part, kept as it was sent; edge/file_parts.py turns it
+    into text (that needs the files service, so it is not done here)."""
+
+    param: str  # where it was, e.g. "messages[0].content[1]"
+    file_id: str | None = None
+    filename: str | None = None
+    media_type: str = ""  # from the data URL
+    base64_data: str = ""  # the data URL's payload, still encoded
+
+
+@dataclass(frozen=True)
+class PendingContent:
+    """A message whose content has file parts: its parts in order, joined with
+    newlines into the message's content once every file part is text."""
+
+    message_index: int
+    segments: tuple[str | FilePart, ...]
+
+
+@dataclass(frozen=True)
 class ChatCall:
     """A validated chat request: what to send to inference, how to answer."""
 
     request: pb.StreamChatCompletionRequest
     stream: bool
     include_usage: bool
+    # Messages with file parts; their content in `request` is empty until resolved.
+    pending: tuple[PendingContent, ...] = ()
 
 
 def parse_chat_request(body: object) -> ChatCall:
@@ -57,7 +81,13 @@ def parse_chat_request(body: object) -> ChatCall:
             "'model' is required and must be a non-empty string.",
             "missing_required_parameter" if model is None else "invalid_type",
         )
-    messages = [_parse_message(index, m) for index, m in enumerate(_messages(body))]
+    parsed = [_parse_message(index, m) for index, m in enumerate(_messages(body))]
+    messages = [message for message, _ in parsed]
+    pending = tuple(
+        PendingContent(index, segments)
+        for index, (_, segments) in enumerate(parsed)
+        if segments is not None
+    )
     for name in UNSUPPORTED_PARAMS:
         if body.get(name) not in (None, [], {}):
             raise invalid(
@@ -81,9 +111,27 @@ def parse_chat_request(body: object) -> ChatCall:
     if user is not None and not isinstance(user, str):
         raise invalid("user", "'user' must be a string.", "invalid_type")
     request = pb.StreamChatCompletionRequest(
-        model=model, messages=messages, sampling=parse_sampling(body), user=user or ""
+        model=model,
+        messages=messages,
+        sampling=parse_sampling(body),
+        user=user or "",
+        fallback_models=parse_fallback_models(body),
     )
-    return ChatCall(request=request, stream=stream, include_usage=include_usage)
+    return ChatCall(request=request, stream=stream, include_usage=include_usage, pending=pending)
+
+
+def parse_fallback_models(body: dict[str, Any]) -> list[str]:
+    """`models`: ids to try in order when `model` cannot serve (OpenRouter's field)."""
+    models = body.get("models")
+    if models is None:
+        return []
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        raise invalid("models", "'models' must be an array of model ids.", "invalid_type")
+    if len(models) > MAX_FALLBACK_MODELS:
+        raise invalid(
+            "models", f"'models' may list at most {MAX_FALLBACK_MODELS} ids; got {len(models)}."
+        )
+    return models
 
 
 def _messages(body: dict[str, Any]) -> list[Any]:
@@ -97,7 +145,9 @@ def _messages(body: dict[str, Any]) -> list[Any]:
     return messages
 
 
-def _parse_message(index: int, message: object) -> pb.ChatMessage:
+def _parse_message(
+    index: int, message: object
+) -> tuple[pb.ChatMessage, tuple[str | FilePart, ...] | None]:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise invalid(where, f"'{where}' must be an object.", "invalid_type")
@@ -114,17 +164,20 @@ def _parse_message(index: int, message: object) -> pb.ChatMessage:
     name = message.get("name")
     if name is not None and not isinstance(name, str):
         raise invalid(f"{where}.name", f"'{where}.name' must be a string.", "invalid_type")
-    content = _content_text(where, role, message.get("content"))
-    return pb.ChatMessage(role=role, content=content, name=name or "")
+    segments = _content_segments(where, role, message.get("content"))
+    if any(isinstance(segment, FilePart) for segment in segments):
+        return pb.ChatMessage(role=role, name=name or ""), segments
+    content = "\n".join(segment for segment in segments if isinstance(segment, str))
+    return pb.ChatMessage(role=role, content=content, name=name or ""), None
 
 
-def _content_text(where: str, role: str, content: object) -> str:
+def _content_segments(where: str, role: str, content: object) -> tuple[str | FilePart, ...]:
     param = f"{where}.content"
     if isinstance(content, str):
-        return content
+        return (content,)
     if content is None:
         if role == "assistant":
-            return ""
+            return ("",)
         raise invalid(
             param, f"'{param}' is required for role '{role}'.", "missing_required_parameter"
         )
@@ -132,18 +185,22 @@ def _content_text(where: str, role: str, content: object) -> str:
         raise invalid(
             param, f"'{param}' must be a string or an array of content parts.", "invalid_type"
         )
-    texts = []
+    texts: list[str | FilePart] = []
     for i, part in enumerate(content):
         part_param = f"{param}[{i}]"
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise invalid(
                 part_param, f"'{part_param}' must be an object with a 'type'.", "invalid_type"
             )
+        if part["type"] == "file" and role == "user":
+            texts.append(_file_part(part_param, part))
+            continue
         if part["type"] != "text":
+            allowed = "'text' and 'file' parts are" if role == "user" else "'text' parts are"
             raise invalid(
                 f"{part_param}.type",
-                f"Content parts of type '{part['type']}' are not supported by this "
-                "model; only 'text' parts are.",
+                f"Content parts of type '{part['type']}' are not supported in '{role}' "
+                f"messages by this gateway; only {allowed}.",
                 "unsupported_content_type",
             )
         text = part.get("text")
@@ -152,7 +209,52 @@ def _content_text(where: str, role: str, content: object) -> str:
                 f"{part_param}.text", f"'{part_param}.text' must be a string.", "invalid_type"
             )
         texts.append(text)
-    return "\n".join(texts)
+    return tuple(texts)
+
+
+def _file_part(param: str, part: dict[str, Any]) -> FilePart:
+    """Check a `file` part's shape; its bytes are looked at in edge/file_parts.py."""
+    file = part.get("file")
+    if not isinstance(file, dict):
+        raise invalid(f"{param}.file", f"'{param}.file' must be an object.", "invalid_type")
+    filename = file.get("filename")
+    if filename is not None and not isinstance(filename, str):
+        raise invalid(
+            f"{param}.file.filename", f"'{param}.file.filename' must be a string.", "invalid_type"
+        )
+    file_id, file_data = file.get("file_id"), file.get("file_data")
+    if (file_id is None) == (file_data is None):
+        raise invalid(
+            f"{param}.file",
+            f"'{param}.file' needs exactly one of 'file_id' or 'file_data'.",
+            "missing_required_parameter" if file_id is None else "invalid_value",
+        )
+    if file_id is not None:
+        if not isinstance(file_id, str) or not file_id:
+            raise invalid(
+                f"{param}.file.file_id",
+                f"'{param}.file.file_id' must be a non-empty string.",
+                "invalid_type",
+            )
+        return FilePart(param=param, file_id=file_id, filename=filename)
+    media, payload = _data_url(file_data)
+    if payload is None:
+        raise invalid(
+            f"{param}.file.file_data",
+            f"'{param}.file.file_data' must be a data URL: 'data:<media type>;base64,<data>'.",
+        )
+    return FilePart(param=param, filename=filename, media_type=media, base64_data=payload)
+
+
+def _data_url(value: object) -> tuple[str, str | None]:
+    """(media type, base64 payload) of `data:<media type>;base64,<payload>`."""
+    if not isinstance(value, str) or not value.startswith("data:"):
+        return "", None
+    header, comma, payload = value[5:].partition(",")
+    fields = header.split(";")
+    if not comma or "base64" not in fields[1:]:
+        return "", None
+    return fields[0].strip().lower(), payload
 
 
 def _check_not_yet(body: dict[str, Any]) -> None:

@@ -26,6 +26,15 @@ GRPC_TO_HTTP: Mapping[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error"),
 }
 INTERNAL = (500, "server_error")
+# Reasons answered with another HTTP status than their gRPC code's row: an
+# upstream that failed or sent garbage is 502 Bad Gateway (gRPC has no such code).
+REASON_TO_HTTP: Mapping[str, tuple[int, str]] = {
+    "UPSTREAM_ERROR": (502, "server_error"),
+    "UPSTREAM_BAD_RESPONSE": (502, "server_error"),
+}
+# Reasons answered with the upstream's own 4xx status (ErrorInfo metadata `http_status`).
+UPSTREAM_STATUS_REASONS = frozenset({"UPSTREAM_REJECTED", "UPSTREAM_RATE_LIMITED"})
+HTTP_TYPES: Mapping[int, str] = {status: type_ for status, type_ in GRPC_TO_HTTP.values()}
 
 
 class ApiError(Exception):
@@ -91,7 +100,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:
             type=mapped[1],
             code="service_unavailable",
         )
-    status, type_ = mapped
+    status, type_ = by_reason(info.reason, info.metadata, mapped) if info else mapped
     return ApiError(
         status,
         error.details() or type_,
@@ -100,6 +109,16 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:
         code=info.reason.lower() if info else None,
         headers=rate_limit_headers(info.metadata) if info else None,
     )
+
+
+def by_reason(reason: str, details: Mapping[str, str], mapped: tuple[int, str]) -> tuple[int, str]:
+    """The (HTTP status, type) for a reason that overrides its gRPC code's row."""
+    if reason in REASON_TO_HTTP:
+        return REASON_TO_HTTP[reason]
+    upstream = details.get("http_status", "")
+    if reason in UPSTREAM_STATUS_REASONS and upstream.isdigit() and 400 <= int(upstream) < 500:
+        return int(upstream), HTTP_TYPES.get(int(upstream), "invalid_request_error")
+    return mapped
 
 
 def rate_limit_headers(details: Mapping[str, str]) -> dict[str, str]:

@@ -38,6 +38,12 @@ CLIENT_GONE = ApiError(
 )
 
 
+def estimate_embedding_tokens(request: inference_pb2.CreateEmbeddingsRequest) -> int:
+    chars = sum(len(i.text) for i in request.inputs if i.HasField("text"))
+    ids = sum(len(i.tokens.ids) for i in request.inputs if i.HasField("tokens"))
+    return chars // CHARS_PER_TOKEN + ids + len(request.inputs)
+
+
 def estimate_tokens(text_chars: int) -> int:
     return -(-text_chars // CHARS_PER_TOKEN)
 
@@ -131,7 +137,7 @@ class Limiter:
                     key_limits=principal.limits,
                     team_limits=principal.team_limits,
                     input_tokens=input_tokens,
-                    output_tokens=max_tokens or self.default_output_tokens,
+                    output_tokens=self.default_output_tokens if max_tokens is None else max_tokens,
                 ),
                 timeout=RESERVE_TIMEOUT_S,
                 metadata=(("x-request-id", request_id),),

@@ -21,6 +21,7 @@ from edge.app import create_app
 from edge.config import Settings as EdgeSettings
 from services.auth.config import Settings as AuthSettings
 from services.auth.server import AuthServer
+from services.files.config import Settings as FilesSettings
 from services.files.server import FilesServer
 from services.inference.config import Settings as InferenceSettings
 from services.inference.server import InferenceServer
@@ -86,7 +87,15 @@ class Stack:
         )
         self.auth = AuthServer(auth_settings)
         self.auth_extra = [AuthServer(auth_settings) for _ in range(self.auth_replicas - 1)]
-        self.files = FilesServer("127.0.0.1:0")
+        if self.files_address is None:
+            self.files = FilesServer(
+                FilesSettings(
+                    address="127.0.0.1:0",
+                    database_url=f"sqlite:///{self.data_dir / 'aqueduct.db'}",
+                    storage_dir=self.data_dir / "files",
+                    purge_interval_s=0.5,
+                )
+            )
         self.inference = InferenceServer(
             InferenceSettings(
                 address="127.0.0.1:0",

@@ -11,13 +11,14 @@ import pytest
 from tests.stack import ADMIN_KEY, Stack
 
 MODEL = "smollm2-135m-instruct"
+EMBEDDING_MODEL = "multilingual-e5-small"
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
-def test_models_list_names_the_bundled_model(client: openai.OpenAI) -> None:
+def test_models_list_names_the_bundled_models(client: openai.OpenAI) -> None:
     models = client.models.list()
     ids = [m.id for m in models.data]
-    assert ids == [MODEL]
+    assert ids == [MODEL, EMBEDDING_MODEL]
     assert models.data[0].object == "model"
     assert models.data[0].owned_by
 
@@ -152,7 +153,7 @@ def test_missing_key_is_401_on_bare_and_v1_routes(stack: Stack) -> None:
 
 def test_bare_routes_serve_like_v1(stack: Stack) -> None:
     bare = openai.OpenAI(base_url=stack.base_url, api_key=ADMIN_KEY, max_retries=0)
-    assert [m.id for m in bare.models.list().data] == [MODEL]
+    assert [m.id for m in bare.models.list().data] == [MODEL, EMBEDDING_MODEL]
     completion = bare.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
     assert completion.usage is not None and completion.usage.completion_tokens == 2
 

@@ -353,3 +353,33 @@ def test_admin_cli_against_the_running_auth_service(
     assert (
         main(["--addr", stack.address("auth"), "--admin-key", "sk-aq-wrong", "keys", "list"]) == 1
     )
+
+
+def test_fallback_models_need_access_too(stack: Stack) -> None:
+    key = create_key(stack.base_url, models=["some-other-model"])
+    answer = httpx.post(
+        f"{stack.base_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key['key']}"},
+        json={"model": "some-other-model", "models": [MODEL], "messages": HI, "max_tokens": 1},
+    )
+    assert answer.status_code == 403
+    assert MODEL in answer.json()["error"]["message"]
+
+
+def test_embeddings_are_limited_and_recorded(stack: Stack) -> None:
+    key = create_key(stack.base_url, limits={"rpm": 1})
+    client = sdk(stack, key["key"])
+    embedded = client.embeddings.create(model="multilingual-e5-small", input=["hello", "world"])
+    assert embedded.usage.prompt_tokens > 0
+    with pytest.raises(openai.RateLimitError):
+        client.embeddings.create(model="multilingual-e5-small", input="again")
+    rows = wait_until(lambda: usage(stack.base_url, key_id=key["id"], group_by="model"))
+    assert rows == [
+        {
+            "model": "multilingual-e5-small",
+            "requests": 1,
+            "input_tokens": embedded.usage.prompt_tokens,
+            "output_tokens": 0,
+            "errors": 0,
+        }
+    ]
