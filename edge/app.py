@@ -22,6 +22,7 @@ from starlette.routing import Route
 from edge.admin import AdminApi
 from edge.auth import Authenticator
 from edge.chat import ChatHandler
+from edge.completions import CompletionsHandler
 from edge.config import Settings
 from edge.embeddings import EmbeddingsHandler
 from edge.errors import ApiError, from_rpc_error
@@ -30,6 +31,7 @@ from edge.files import FilesApi
 from edge.grpc_clients import open_channel
 from edge.http import error_response, json_response, request_id
 from edge.limits import Limiter
+from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 1.0
@@ -63,7 +65,9 @@ class Gateway:
                 files, settings.max_file_part_bytes, settings.max_file_parts_total_bytes
             ),
         )
-
+        self.completions = CompletionsHandler(
+            self.authenticator, self.limiter, self.inference, settings.max_body_bytes
+        )
         self.embeddings = EmbeddingsHandler(
             self.authenticator, self.limiter, self.inference, settings.max_body_bytes
         )
@@ -191,6 +195,10 @@ async def _chat(request: Request) -> Response:
     return await _gateway(request).chat(request)  # type: ignore[return-value]
 
 
+async def _completions(request: Request) -> Response:
+    return await _gateway(request).completions(request)  # type: ignore[return-value]
+
+
 async def _models(request: Request) -> Response:
     return await _gateway(request).models(request)
 
@@ -201,6 +209,10 @@ async def _model(request: Request) -> Response:
 
 async def _embeddings(request: Request) -> Response:
     return await _gateway(request).embeddings(request)
+
+
+async def _openapi(_request: Request) -> Response:
+    return json_response(OPENAPI_DOCUMENT)
 
 
 async def _healthz(request: Request) -> Response:
@@ -262,10 +274,16 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             await gateway.close()
 
-    routes = [Route("/healthz", _healthz), Route("/readyz", _readyz), *_admin_routes()]
+    routes = [
+        Route("/healthz", _healthz),
+        Route("/readyz", _readyz),
+        Route("/openapi.json", _openapi),
+        *_admin_routes(),
+    ]
     for prefix in ("/v1", ""):
         routes += [
             Route(f"{prefix}/chat/completions", _chat, methods=["POST"]),
+            Route(f"{prefix}/completions", _completions, methods=["POST"]),
             Route(f"{prefix}/models", _models, methods=["GET"]),
             Route(f"{prefix}/models/{{model_id:path}}", _model, methods=["GET"]),
             Route(f"{prefix}/embeddings", _embeddings, methods=["POST"]),

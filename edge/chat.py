@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
@@ -16,9 +16,11 @@ from starlette.responses import Response
 from edge.auth import Authenticator, require_model_access
 from edge.chat_protocol import (
     ChatWriter,
+    ChoiceText,
     Completion,
     completion_json,
     error_event,
+    gather,
     parse_chat_request,
 )
 from edge.errors import ApiError, from_rpc_error
@@ -30,7 +32,21 @@ from edge.limits import Admission, Limiter, Usage, estimate_input_tokens
 if TYPE_CHECKING:
     from aqueduct.inference.v1.inference_pb2_grpc import InferenceServiceAsyncStub
 
-Call = grpc.aio.UnaryStreamCall[pb.StreamChatCompletionRequest, pb.StreamChatCompletionResponse]
+Message = pb.StreamChatCompletionResponse | pb.StreamCompletionResponse
+Call = (
+    grpc.aio.UnaryStreamCall[pb.StreamChatCompletionRequest, pb.StreamChatCompletionResponse]
+    | grpc.aio.UnaryStreamCall[pb.StreamCompletionRequest, pb.StreamCompletionResponse]
+)
+
+
+class Writer(Protocol):
+    """Renders a generation's stream messages as SSE events (chat or completions)."""
+
+    meta: Completion
+
+    def deltas(self, batch: pb.DeltaBatch) -> bytes: ...
+
+    def finish(self, summary: pb.Summary) -> bytes: ...
 
 
 class ChatHandler:
@@ -68,7 +84,7 @@ class ChatHandler:
         admission = await self.limiter.reserve(
             principal,
             usage.input_tokens,
-            sampling.max_tokens if sampling.HasField("max_tokens") else None,
+            sampling.max_tokens * max(sampling.n, 1) if sampling.HasField("max_tokens") else None,
             rid,
         )
         headers = {"x-request-id": rid, **admission.headers}
@@ -80,26 +96,34 @@ class ChatHandler:
         )
         try:
             if chat.stream:
-                writer = ChatWriter(meta, chat.include_usage)
+                sampling = chat.request.sampling
+                writer = ChatWriter(
+                    meta,
+                    chat.include_usage,
+                    sampling.n if sampling.HasField("n") else 1,
+                    sampling.logprobs,
+                )
                 # Wait for the first message before answering 200, so errors that
                 # come before any text (unknown model, overload) keep their status.
-                first = _render(writer, await _read(call, usage))  # names the served model
+                first = render(writer, await read_message(call, usage))  # names the served model
                 return EventStream(
                     writer.start() + first,
-                    _events(call, writer, usage),
+                    sse_events(call, writer, usage),
                     headers,
-                    on_close=lambda: _finish(self.limiter, admission, usage, None, call),
+                    on_close=lambda: finish_request(self.limiter, admission, usage, None, call),
                 )
-            body = await until_disconnect(request.receive, _collect(call, meta, usage))
+            body = await until_disconnect(
+                request.receive, _collect(call, meta, usage, chat.request.sampling.logprobs)
+            )
         except ApiError as error:
-            _finish(self.limiter, admission, usage, error, call)
+            finish_request(self.limiter, admission, usage, error, call)
             error.headers.update(headers)
             raise
-        _finish(self.limiter, admission, usage, None, call)
+        finish_request(self.limiter, admission, usage, None, call)
         return json_response(body, headers=headers)
 
 
-def _finish(
+def finish_request(
     limiter: Limiter, admission: Admission, usage: Usage, error: ApiError | None, call: Call
 ) -> None:
     """However a request ended: stop the call, record how, settle its quota."""
@@ -108,12 +132,14 @@ def _finish(
     limiter.settle(admission, usage)
 
 
-async def _read(call: Call, usage: Usage) -> pb.StreamChatCompletionResponse:
+async def read_message(call: Call, usage: Usage) -> Message:
     try:
         message = await call.read()
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error, "inference") from None
-    if not isinstance(message, pb.StreamChatCompletionResponse):  # grpc.aio.EOF
+    if not isinstance(
+        message, pb.StreamChatCompletionResponse | pb.StreamCompletionResponse
+    ):  # grpc.aio.EOF
         raise ApiError(
             502,
             "The inference stream ended without a summary.",
@@ -133,30 +159,32 @@ async def _read(call: Call, usage: Usage) -> pb.StreamChatCompletionResponse:
     return message
 
 
-def _render(writer: ChatWriter, message: pb.StreamChatCompletionResponse) -> bytes:
+def render(writer: Writer, message: Message) -> bytes:
     if message.HasField("summary"):
         return writer.finish(message.summary)
     if message.deltas.model:
         writer.meta.model = message.deltas.model
+        writer.meta.provider = message.deltas.provider
     return writer.deltas(message.deltas)
 
 
-async def _events(call: Call, writer: ChatWriter, usage: Usage) -> AsyncGenerator[bytes, None]:
+async def sse_events(call: Call, writer: Writer, usage: Usage) -> AsyncGenerator[bytes, None]:
     """The rest of the stream as SSE bytes; an error after the start is one event."""
     try:
         while not usage.completed:
-            yield _render(writer, await _read(call, usage))
+            yield render(writer, await read_message(call, usage))
     except ApiError as error:
         usage.failed(error)
         yield error_event(error)
 
 
-async def _collect(call: Call, meta: Completion, usage: Usage) -> bytes:
-    parts: list[str] = []
+async def _collect(call: Call, meta: Completion, usage: Usage, logprobs: bool) -> bytes:
+    choices: dict[int, ChoiceText] = {}
     while True:
-        message = await _read(call, usage)
+        message = await read_message(call, usage)
         if message.HasField("summary"):
-            return completion_json(meta, "".join(parts), message.summary)
+            return completion_json(meta, choices, message.summary, logprobs)
         if message.deltas.model:
             meta.model = message.deltas.model
-        parts.extend(d.content for d in message.deltas.deltas if d.choice_index == 0)
+            meta.provider = message.deltas.provider
+        gather(choices, message.deltas)

@@ -7,12 +7,13 @@ shapes. Pure functions: no I/O, no grpc calls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
+from edge import schemas
 from edge.errors import ApiError, invalid
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -20,18 +21,23 @@ FINISH_REASONS = {
     pb.FINISH_REASON_STOP: "stop",
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 MAX_FALLBACK_MODELS = 16
+MAX_N = 128
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024
 # Accepted and passed on by OpenAI clients, but with no effect on generation here.
 IGNORED_PARAMS = frozenset({"metadata", "store", "service_tier", "modalities", "prediction"})
+# Tool calling: passed to upstreams; the local model refuses it (400).
+TOOL_PARAMS = frozenset({"tools", "tool_choice", "parallel_tool_calls"})
+TOOL_CHOICES = frozenset({"none", "auto", "required"})
+MAX_TOOLS = 128
 # Fields of OpenAI's API this version does not implement yet: refused, never dropped.
 UNSUPPORTED_PARAMS = frozenset(
     {
-        "tools",
-        "tool_choice",
         "functions",
         "function_call",
-        "parallel_tool_calls",
         "audio",
         "web_search_options",
         "reasoning_effort",
@@ -93,7 +99,6 @@ def parse_chat_request(body: object) -> ChatCall:
             raise invalid(
                 name, f"'{name}' is not supported by this gateway yet.", "unsupported_parameter"
             )
-    _check_not_yet(body)
     stream = _optional_bool(body, "stream") or False
     include_usage = False
     options = body.get("stream_options")
@@ -110,14 +115,110 @@ def parse_chat_request(body: object) -> ChatCall:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid("user", "'user' must be a string.", "invalid_type")
+    sampling = parse_sampling(body)
+    _chat_logprobs(body, sampling)
     request = pb.StreamChatCompletionRequest(
         model=model,
         messages=messages,
-        sampling=parse_sampling(body),
+        sampling=sampling,
         user=user or "",
         fallback_models=parse_fallback_models(body),
     )
+    _parse_tools(body, request)
     return ChatCall(request=request, stream=stream, include_usage=include_usage, pending=pending)
+
+
+def _parse_tools(body: dict[str, Any], request: pb.StreamChatCompletionRequest) -> None:
+    """`tools` (function tools), `tool_choice`, `parallel_tool_calls`: checked here,
+    passed on as JSON."""
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise invalid("tools", "'tools' must be an array of tools.", "invalid_type")
+        if len(tools) > MAX_TOOLS:
+            raise invalid("tools", f"'tools' may hold at most {MAX_TOOLS} tools; got {len(tools)}.")
+        for i, tool in enumerate(tools):
+            where = f"tools[{i}]"
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                raise invalid(where, f"'{where}' must be an object with 'type': 'function'.")
+            function = tool.get("function")
+            if not isinstance(function, dict) or not _is_name(function.get("name")):
+                raise invalid(
+                    f"{where}.function.name",
+                    f"'{where}.function.name' is required: letters, digits, '_' and '-', "
+                    "at most 64 characters.",
+                )
+            parameters = function.get("parameters")
+            if parameters is not None and not isinstance(parameters, dict):
+                raise invalid(
+                    f"{where}.function.parameters",
+                    f"'{where}.function.parameters' must be a JSON Schema object.",
+                    "invalid_type",
+                )
+        if tools:
+            request.tools_json = _json_text("tools", tools)
+    choice = body.get("tool_choice")
+    if choice is not None:
+        named = (
+            isinstance(choice, dict)
+            and choice.get("type") == "function"
+            and isinstance(choice.get("function"), dict)
+            and _is_name(choice["function"].get("name"))
+        )
+        if not (isinstance(choice, str) and choice in TOOL_CHOICES) and not named:
+            raise invalid(
+                "tool_choice",
+                "'tool_choice' must be 'none', 'auto', 'required' or "
+                '{"type": "function", "function": {"name": ...}}.',
+            )
+        if choice != "none" and not request.tools_json:
+            raise invalid("tool_choice", "'tool_choice' needs 'tools'.")
+        request.tool_choice_json = _json_text("tool_choice", choice)
+    parallel = _optional_bool(body, "parallel_tool_calls")
+    if parallel is not None:
+        request.parallel_tool_calls = parallel
+
+
+def _json_text(param: str, value: object) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # deeper than orjson writes
+        raise invalid(param, f"'{param}' is nested too deeply.") from None
+
+
+def _is_name(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 64
+        and all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
+    )
+
+
+def _tool_calls(where: str, value: object) -> list[pb.ToolCall]:
+    """An assistant message's `tool_calls`."""
+    param = f"{where}.tool_calls"
+    if not isinstance(value, list):
+        raise invalid(param, f"'{param}' must be an array.", "invalid_type")
+    calls = []
+    for i, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(call, dict)
+            or not isinstance(call.get("id"), str)
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments"), str)
+        ):
+            raise invalid(
+                f"{param}[{i}]",
+                f"'{param}[{i}]' must be {{'id', 'type': 'function', "
+                "'function': {'name', 'arguments'}} with string values.",
+                "invalid_type",
+            )
+        calls.append(
+            pb.ToolCall(id=call["id"], name=function["name"], arguments=function["arguments"])
+        )
+    return calls
 
 
 def parse_fallback_models(body: dict[str, Any]) -> list[str]:
@@ -165,10 +266,22 @@ def _parse_message(
     if name is not None and not isinstance(name, str):
         raise invalid(f"{where}.name", f"'{where}.name' must be a string.", "invalid_type")
     segments = _content_segments(where, role, message.get("content"))
+    extra: dict[str, Any] = {}
+    if role == "assistant" and message.get("tool_calls") is not None:
+        extra["tool_calls"] = _tool_calls(where, message["tool_calls"])
+    call_id = message.get("tool_call_id")
+    if role == "tool":
+        if not isinstance(call_id, str) or not call_id:
+            raise invalid(
+                f"{where}.tool_call_id",
+                f"'{where}.tool_call_id' is required for role 'tool'.",
+                "missing_required_parameter",
+            )
+        extra["tool_call_id"] = call_id
     if any(isinstance(segment, FilePart) for segment in segments):
-        return pb.ChatMessage(role=role, name=name or ""), segments
+        return pb.ChatMessage(role=role, name=name or "", **extra), segments
     content = "\n".join(segment for segment in segments if isinstance(segment, str))
-    return pb.ChatMessage(role=role, content=content, name=name or ""), None
+    return pb.ChatMessage(role=role, content=content, name=name or "", **extra), None
 
 
 def _content_segments(where: str, role: str, content: object) -> tuple[str | FilePart, ...]:
@@ -257,34 +370,122 @@ def _data_url(value: object) -> tuple[str, str | None]:
     return fields[0].strip().lower(), payload
 
 
-def _check_not_yet(body: dict[str, Any]) -> None:
-    """Parameters whose non-default values this version cannot honour yet."""
-    n = body.get("n")
-    if n is not None and (not _is_int(n) or n != 1):
-        raise invalid("n", "Only 'n': 1 is supported by this gateway yet.", "unsupported_value")
-    if body.get("logprobs") not in (None, False):
+def _chat_logprobs(body: dict[str, Any], sampling: pb.SamplingParams) -> None:
+    """`logprobs` (bool) and `top_logprobs` (0-20, needs `logprobs`)."""
+    logprobs = _optional_bool(body, "logprobs") or False
+    top = _optional_int(body, "top_logprobs", minimum=0)
+    if top is not None:
+        if top > MAX_TOP_LOGPROBS:
+            raise invalid(
+                "top_logprobs",
+                f"'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}; got {top}.",
+            )
+        if not logprobs:
+            raise invalid("top_logprobs", "'top_logprobs' requires 'logprobs' to be true.")
+        sampling.top_logprobs = top
+    sampling.logprobs = logprobs
+
+
+def parse_logit_bias(body: dict[str, Any]) -> dict[int, float]:
+    """`logit_bias`: token id (as a JSON object key) -> bias between -100 and 100."""
+    bias = body.get("logit_bias")
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict):
         raise invalid(
-            "logprobs", "'logprobs' is not supported by this gateway yet.", "unsupported_parameter"
+            "logit_bias", "'logit_bias' must be an object of token id -> bias.", "invalid_type"
         )
-    if body.get("top_logprobs") is not None:
+    if len(bias) > MAX_LOGIT_BIAS:
         raise invalid(
-            "top_logprobs",
-            "'top_logprobs' is not supported by this gateway yet.",
-            "unsupported_parameter",
+            "logit_bias", f"'logit_bias' may hold at most {MAX_LOGIT_BIAS} tokens; got {len(bias)}."
         )
-    if body.get("logit_bias") not in (None, {}):
-        raise invalid(
-            "logit_bias",
-            "'logit_bias' is not supported by this gateway yet.",
-            "unsupported_parameter",
+    parsed: dict[int, float] = {}
+    for key, value in bias.items():
+        if not (key.isascii() and key.isdigit()) or int(key) >= 2**31:
+            raise invalid("logit_bias", f"'logit_bias' keys must be token ids; got '{key[:40]}'.")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise invalid("logit_bias", "'logit_bias' values must be numbers.", "invalid_type")
+        if not -100 <= value <= 100:
+            raise invalid(
+                "logit_bias", f"'logit_bias' values must be between -100 and 100; got {value}."
+            )
+        parsed[int(key)] = float(value)
+    return parsed
+
+
+def parse_response_format(body: dict[str, Any]) -> pb.ResponseFormat | None:
+    """`response_format`: text, json_object, json_schema (checked to be a valid
+    JSON Schema) or grammar (`grammar` text, `syntax` "gbnf")."""
+    value = body.get("response_format")
+    if value is None:
+        return None
+    param = "response_format"
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise invalid(param, "'response_format' must be an object with a 'type'.", "invalid_type")
+    kind = value["type"]
+    if kind == "text":
+        return pb.ResponseFormat(type=pb.RESPONSE_FORMAT_TYPE_TEXT)
+    if kind == "json_object":
+        return pb.ResponseFormat(type=pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict):
+            raise invalid(
+                f"{param}.json_schema",
+                "'response_format.json_schema' is required and must be an object.",
+                "invalid_type",
+            )
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid(
+                f"{param}.json_schema.name",
+                "'response_format.json_schema.name' is required and must be a non-empty string.",
+                "missing_required_parameter",
+            )
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise invalid(
+                f"{param}.json_schema.schema",
+                "'response_format.json_schema.schema' must be a JSON Schema object.",
+                "invalid_type",
+            )
+        problem = schemas.schema_problem(schema)
+        if problem:
+            raise invalid(
+                f"{param}.json_schema.schema",
+                f"'response_format.json_schema.schema' is not a valid JSON Schema: {problem}",
+            )
+        strict = _optional_bool(spec, "strict", f"{param}.json_schema.strict") or False
+        return pb.ResponseFormat(
+            type=pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+            json_schema=orjson.dumps(schema).decode(),
+            strict=strict,
+            name=name,
         )
-    response_format = body.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise invalid(
-            "response_format",
-            'Only \'response_format\' {"type": "text"} is supported by this gateway yet.',
-            "unsupported_value",
+    if kind == "grammar":
+        grammar = value.get("grammar")
+        if not isinstance(grammar, str) or not grammar.strip():
+            raise invalid(
+                f"{param}.grammar",
+                "'response_format.grammar' is required and must be a non-empty grammar string.",
+                "missing_required_parameter",
+            )
+        syntax = value.get("syntax", "gbnf")
+        if syntax != "gbnf":
+            raise invalid(
+                f"{param}.syntax",
+                f"'response_format.syntax' must be 'gbnf' (llama.cpp grammars); got {syntax!r}.",
+                "unsupported_value",
+            )
+        return pb.ResponseFormat(
+            type=pb.RESPONSE_FORMAT_TYPE_GRAMMAR, grammar=grammar, grammar_syntax="gbnf"
         )
+    raise invalid(
+        f"{param}.type",
+        "'response_format.type' must be one of text, json_object, json_schema, grammar; "
+        f"got '{kind}'.",
+        "unsupported_value",
+    )
 
 
 def parse_sampling(body: dict[str, Any]) -> pb.SamplingParams:
@@ -307,6 +508,16 @@ def parse_sampling(body: dict[str, Any]) -> pb.SamplingParams:
     if seed is not None:
         sampling.seed = seed
     sampling.stops.extend(_stops(body.get("stop")))
+    n = _optional_int(body, "n", minimum=1)
+    if n is not None:
+        if n > MAX_N:
+            raise invalid("n", f"'n' must be between 1 and {MAX_N}; got {n}.")
+        sampling.n = n
+    for token, bias in parse_logit_bias(body).items():
+        sampling.logit_bias[token] = bias
+    response_format = parse_response_format(body)
+    if response_format is not None:
+        sampling.response_format.CopyFrom(response_format)
     return sampling
 
 
@@ -365,6 +576,7 @@ class Completion:
     id: str
     created: int
     model: str
+    provider: str = ""
 
 
 def usage_json(usage: pb.Usage) -> dict[str, int]:
@@ -375,23 +587,97 @@ def usage_json(usage: pb.Usage) -> dict[str, int]:
     }
 
 
-def completion_json(meta: Completion, text: str, summary: pb.Summary) -> bytes:
+def token_logprob_json(entry: pb.TokenLogprob) -> dict[str, Any]:
+    """One entry of a chat choice's `logprobs.content`."""
+    return {
+        "token": entry.token,
+        "logprob": entry.logprob,
+        "bytes": list(entry.bytes),
+        "top_logprobs": [
+            {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+            for t in entry.top_logprobs
+        ],
+    }
+
+
+@dataclass
+class ChoiceText:
+    """One choice's text, log probabilities and tool calls, gathered from the stream."""
+
+    parts: list[str]
+    logprobs: list[pb.TokenLogprob]
+    tool_calls: dict[int, pb.ToolCallDelta] = field(default_factory=dict)
+
+
+def gather(choices: dict[int, ChoiceText], batch: pb.DeltaBatch) -> None:
+    for delta in batch.deltas:
+        choice = choices.setdefault(delta.choice_index, ChoiceText([], []))
+        choice.parts.append(delta.content)
+        choice.logprobs.extend(delta.logprobs)
+        for part in delta.tool_calls:
+            call = choice.tool_calls.setdefault(part.index, pb.ToolCallDelta(index=part.index))
+            call.id = call.id or part.id
+            call.name = call.name or part.name
+            call.arguments += part.arguments
+
+
+def tool_call_json(call: pb.ToolCallDelta, stream: bool) -> dict[str, Any]:
+    """A tool call in a message, or its part in a stream delta (id and name once)."""
+    function: dict[str, Any] = {"arguments": call.arguments}
+    if call.name or not stream:
+        function["name"] = call.name
+    rendered: dict[str, Any] = {"id": call.id, "type": "function", "function": function}
+    if stream:
+        rendered = {"index": call.index, "function": function}
+        if call.id:
+            rendered.update(id=call.id, type="function")
+    return rendered
+
+
+def _message(choice: ChoiceText) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(choice.parts),
+        "refusal": None,
+    }
+    if choice.tool_calls:
+        message["content"] = message["content"] or None
+        message["tool_calls"] = [
+            tool_call_json(c, stream=False) for _, c in sorted(choice.tool_calls.items())
+        ]
+    return message
+
+
+def completion_json(
+    meta: Completion, choices: dict[int, ChoiceText], summary: pb.Summary, logprobs: bool
+) -> bytes:
     finish = {
         end.choice_index: FINISH_REASONS.get(end.finish_reason) for end in summary.choice_ends
     }
+    indexes = sorted(set(finish) | set(choices)) or [0]
+    empty = ChoiceText([], [])
     return orjson.dumps(
         {
             "id": meta.id,
             "object": "chat.completion",
             "created": meta.created,
             "model": summary.model or meta.model,
+            "provider": summary.provider or meta.provider or None,
             "choices": [
                 {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": finish.get(0, "stop"),
+                    "index": index,
+                    "message": _message(choices.get(index, empty)),
+                    "logprobs": {
+                        "content": [
+                            token_logprob_json(e) for e in choices.get(index, empty).logprobs
+                        ],
+                        "refusal": None,
+                    }
+                    if logprobs
+                    else None,
+                    "finish_reason": finish.get(index) or "stop",
                 }
+                for index in indexes
             ],
             "usage": usage_json(summary.usage),
             "system_fingerprint": None,
@@ -402,10 +688,13 @@ def completion_json(meta: Completion, text: str, summary: pb.Summary) -> bytes:
 class ChatWriter:
     """Renders stream messages as SSE `data:` events, one bytes object per message."""
 
-    def __init__(self, meta: Completion, include_usage: bool) -> None:
+    def __init__(
+        self, meta: Completion, include_usage: bool, n: int = 1, logprobs: bool = False
+    ) -> None:
         self.meta = meta
         self.include_usage = include_usage
-        self._prefix = b""
+        self.n = n
+        self.logprobs = logprobs
 
     def _chunk(self, choices: list[dict[str, Any]], usage: object = None) -> bytes:
         chunk: dict[str, Any] = {
@@ -413,6 +702,7 @@ class ChatWriter:
             "object": "chat.completion.chunk",
             "created": self.meta.created,
             "model": self.meta.model,
+            "provider": self.meta.provider or None,
             "system_fingerprint": None,
             "choices": choices,
         }
@@ -421,35 +711,42 @@ class ChatWriter:
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def start(self) -> bytes:
-        """The first event: the assistant role, as OpenAI sends it."""
-        return self._chunk(
-            [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ]
-        )
-
-    def deltas(self, batch: pb.DeltaBatch) -> bytes:
-        # Merge a batch's deltas per choice: one event carries what one read gave.
-        texts: dict[int, list[str]] = {}
-        for delta in batch.deltas:
-            texts.setdefault(delta.choice_index, []).append(delta.content)
+        """The first event of each choice: the assistant role, as OpenAI sends it."""
         return b"".join(
             self._chunk(
                 [
                     {
                         "index": index,
-                        "delta": {"content": "".join(parts)},
+                        "delta": {"role": "assistant", "content": ""},
                         "logprobs": None,
                         "finish_reason": None,
                     }
                 ]
             )
-            for index, parts in texts.items()
+            for index in range(self.n)
+        )
+
+    def deltas(self, batch: pb.DeltaBatch) -> bytes:
+        # Merge a batch's deltas per choice: one event carries what one read gave.
+        choices: dict[int, ChoiceText] = {}
+        gather(choices, batch)
+        return b"".join(
+            self._chunk(
+                [
+                    {
+                        "index": index,
+                        "delta": _delta(choice),
+                        "logprobs": {
+                            "content": [token_logprob_json(e) for e in choice.logprobs],
+                            "refusal": None,
+                        }
+                        if self.logprobs
+                        else None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            for index, choice in choices.items()
         )
 
     def finish(self, summary: pb.Summary) -> bytes:
@@ -470,6 +767,16 @@ class ChatWriter:
             events.append(self._chunk([], usage_json(summary.usage)))
         events.append(b"data: [DONE]\n\n")
         return b"".join(events)
+
+
+def _delta(choice: ChoiceText) -> dict[str, Any]:
+    delta: dict[str, Any] = {"content": "".join(choice.parts)}
+    if choice.tool_calls:
+        delta["tool_calls"] = [
+            tool_call_json(c, stream=True) for _, c in sorted(choice.tool_calls.items())
+        ]
+        delta["content"] = delta["content"] or None
+    return delta
 
 
 def error_event(error: ApiError) -> bytes:

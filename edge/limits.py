@@ -7,8 +7,10 @@ request however it ends: finished, failed, or cut by the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,6 +19,7 @@ from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2
 
 from edge.errors import ApiError, duration, from_rpc_error
+from services.auth.keys import LIMIT_NAMES
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RESERVE_TIMEOUT_S = 5.0
 SETTLE_TIMEOUT_S = 10.0
+SETTLE_ATTEMPTS = 3
+LEDGER_BATCH_S = 0.05
 CHARS_PER_TOKEN = 4  # a deliberately generous estimate; settling corrects it
 TOKENS_PER_MESSAGE = 4
 
@@ -120,15 +125,43 @@ def rate_headers(answer: pb.ReserveQuotaResponse) -> dict[str, str]:
     return headers
 
 
+def unlimited(principal: pb.Principal) -> bool:
+    return not any(
+        limits.HasField(name)
+        for limits in (principal.limits, principal.team_limits)
+        for name in LIMIT_NAMES
+    )
+
+
 class Limiter:
+    """Reserve through auth (skipped for keys with no limits at all), settle in
+    batches: settles queue up while one SettleQuotas call is in flight and go in
+    the next, so a busy edge sends one call per round trip, not per request,
+    and an idle one sends each settle at once."""
+
     def __init__(self, stub: AuthServiceAsyncStub, default_output_tokens: int) -> None:
         self.stub = stub
         self.default_output_tokens = default_output_tokens
-        self._settling: set[asyncio.Task[None]] = set()
+        self._queue: list[pb.SettleQuotaRequest] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._sending = False
+        self._timer: asyncio.TimerHandle | None = None
 
     async def reserve(
         self, principal: pb.Principal, input_tokens: int, max_tokens: int | None, request_id: str
     ) -> Admission:
+        """Take the request's share of every limit; `max_tokens` None reserves the default."""
+        output_tokens = self.default_output_tokens if max_tokens is None else max_tokens
+        if unlimited(principal):  # nothing to count: only the ledger row, at settle
+            reservation = pb.Reservation(
+                id=uuid.uuid4().hex,
+                key_id=principal.key_id,
+                team=principal.team,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+            )
+            return Admission(principal, reservation, {})
         try:
             answer = await self.stub.ReserveQuota(
                 pb.ReserveQuotaRequest(
@@ -137,7 +170,7 @@ class Limiter:
                     key_limits=principal.limits,
                     team_limits=principal.team_limits,
                     input_tokens=input_tokens,
-                    output_tokens=self.default_output_tokens if max_tokens is None else max_tokens,
+                    output_tokens=output_tokens,
                 ),
                 timeout=RESERVE_TIMEOUT_S,
                 metadata=(("x-request-id", request_id),),
@@ -147,33 +180,72 @@ class Limiter:
         return Admission(principal, answer.reservation, rate_headers(answer))
 
     def settle(self, admission: Admission, usage: Usage) -> None:
-        """Settle in the background: the answer never waits for the ledger."""
-        task = asyncio.create_task(self._settle(admission, usage.record(admission.principal)))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        """Queue the settle; the answer never waits for it.
 
-    async def _settle(self, admission: Admission, record: pb.UsageRecord) -> None:
-        request = pb.SettleQuotaRequest(reservation=admission.reservation, usage=record)
-        for attempt in range(3):
+        A settle that gives back limits (slots, tokens) is sent at once. One that
+        only carries a ledger row (a key without limits) may wait up to
+        LEDGER_BATCH_S, so that even a lightly loaded edge sends few calls.
+        """
+        self._queue.append(
+            pb.SettleQuotaRequest(
+                reservation=admission.reservation, usage=usage.record(admission.principal)
+            )
+        )
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop())
+        if not unlimited(admission.principal):
+            self._wake.set()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(LEDGER_BATCH_S, self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self._sending = True
+                try:
+                    await self._send(batch)
+                finally:
+                    self._sending = False
+
+    async def _send(self, batch: list[pb.SettleQuotaRequest]) -> None:
+        request = pb.SettleQuotasRequest(settles=batch)
+        for attempt in range(SETTLE_ATTEMPTS):
             try:
-                await self.stub.SettleQuota(request, timeout=SETTLE_TIMEOUT_S)
+                await self.stub.SettleQuotas(request, timeout=SETTLE_TIMEOUT_S)
                 return
             except grpc.aio.AioRpcError as error:
                 log.warning(
                     "settle failed",
-                    extra={
-                        "request_id": record.request_id,
-                        "code": error.code().name,
-                        "attempt": attempt,
-                    },
+                    extra={"settles": len(batch), "code": error.code().name, "attempt": attempt},
                 )
                 await asyncio.sleep(0.2 * (attempt + 1))
         log.error(
-            "settle abandoned; its slot frees when the lease ends",
-            extra={"request_id": record.request_id},
+            "settles abandoned; their slots free when their leases end",
+            extra={"settles": len(batch)},
         )
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Wait for pending settles (at shutdown), so no usage is lost."""
-        if self._settling:
-            await asyncio.wait(set(self._settling), timeout=timeout)
+        """Send what is queued and wait for it (at shutdown), so no usage is lost."""
+        if self._flusher is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._wake.set()
+        while (self._queue or self._sending) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self._flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._flusher
+
+
+def estimate_completion_input_tokens(request: inference_pb2.StreamCompletionRequest) -> int:
+    chars = sum(len(p.text) for p in request.prompts if p.HasField("text")) + len(request.suffix)
+    ids = sum(len(p.tokens.ids) for p in request.prompts if p.HasField("tokens"))
+    return chars // CHARS_PER_TOKEN + ids + len(request.prompts)

@@ -52,6 +52,8 @@ class Reply:
     finish: str = "stop"
     break_after: int | None = None  # stream: cut the connection after this many chunks
     done: bool = True  # stream: end with `data: [DONE]`
+    # stream: tool calls to make after the text, each (id, name, arguments in parts)
+    tool_calls: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     @staticmethod
     def stream(*chunks: str, **options: Any) -> Reply:
@@ -61,6 +63,12 @@ class Reply:
     def json(text: str = "Hello world", **options: Any) -> Reply:
         """A whole chat.completion, even when asked to stream."""
         return Reply("json", (text,), **options)
+
+    @staticmethod
+    def text(*chunks: str, **options: Any) -> Reply:
+        """A `/completions` answer: streamed when the request streams, else JSON
+        (with legacy logprobs, each chunk one token at -0.5)."""
+        return Reply("text", chunks or ("Hello", " world"), **options)
 
     @staticmethod
     def echo(**options: Any) -> Reply:
@@ -234,6 +242,8 @@ class FakeUpstream:
             await self._send(send, 200, b"data: {broken\n\n", "text/event-stream", reply, state)
         elif path.endswith("/embeddings"):
             await self._send(send, 200, _embeddings(body), "application/json", reply, state)
+        elif reply.kind == "text":
+            await self._text(body, reply, send, state)
         elif reply.kind == "json":
             await self._send(send, 200, _completion(body, reply), "application/json", reply, state)
         else:
@@ -254,6 +264,11 @@ class FakeUpstream:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         state["finished"] = True
         await send({"type": "http.response.body", "body": content})
+
+    async def _text(
+        self, body: dict[str, Any], reply: Reply, send: Send, state: dict[str, bool]
+    ) -> None:
+        await _text_answer(body, reply, send, state)
 
     async def _stream(
         self, body: dict[str, Any], reply: Reply, send: Send, state: dict[str, bool]
@@ -277,6 +292,15 @@ class FakeUpstream:
             await send({"type": "http.response.body", "body": _event(chunk), "more_body": True})
         if reply.break_after is not None:
             raise ConnectionAbortedError("fake upstream: cut the stream on purpose")
+        for index, (call_id, name, parts) in enumerate(reply.tool_calls):
+            for number, part in enumerate(parts):
+                call: dict[str, Any] = {"index": index, "function": {"arguments": part}}
+                if number == 0:
+                    call.update(id=call_id, type="function")
+                    call["function"]["name"] = name
+                delta = {"tool_calls": [call]}
+                chunk = {**base, "choices": [{"index": 0, "delta": delta}]}
+                await send({"type": "http.response.body", "body": _event(chunk), "more_body": True})
         tail = [{**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish}]}]
         wants_usage = (body.get("stream_options") or {}).get("include_usage")
         if reply.usage and wants_usage:
@@ -284,6 +308,41 @@ class FakeUpstream:
         events = b"".join(_event(c) for c in tail) + (b"data: [DONE]\n\n" if reply.done else b"")
         state["finished"] = True
         await send({"type": "http.response.body", "body": events})
+
+
+async def _text_answer(
+    body: dict[str, Any], reply: Reply, send: Send, state: dict[str, bool]
+) -> None:
+    base = {"id": "cmpl-fake", "object": "text_completion", "created": 0}
+    base["model"] = body.get("model", "")
+    if not body.get("stream"):
+        tokens = list(reply.chunks)
+        logprobs = {
+            "tokens": tokens,
+            "token_logprobs": [-0.5] * len(tokens),
+            "top_logprobs": [{t: -0.5} for t in tokens],
+            "text_offset": [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))],
+        }
+        choice = {"index": 0, "text": "".join(tokens), "finish_reason": reply.finish}
+        choice["logprobs"] = logprobs if body.get("logprobs") is not None else None
+        answer = {**base, "choices": [choice], "usage": _usage(body, reply.chunks)}
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        state["finished"] = True
+        await send({"type": "http.response.body", "body": orjson.dumps(answer)})
+        return
+    headers = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    events = [
+        {**base, "choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": None}]}
+        for t in reply.chunks
+    ]
+    events.append({**base, "choices": [{"index": 0, "text": "", "finish_reason": reply.finish}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append({**base, "choices": [], "usage": _usage(body, reply.chunks)})
+    state["finished"] = True
+    raw = b"".join(_event(e) for e in events) + b"data: [DONE]\n\n"
+    await send({"type": "http.response.body", "body": raw})
 
 
 def _event(chunk: dict[str, Any]) -> bytes:

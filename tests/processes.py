@@ -10,6 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -45,3 +48,14 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
         process.kill()
         process.wait()
         raise AssertionError(f"{process.args} did not stop within {timeout} s of SIGTERM") from None
+
+
+def serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return False
+    return answer.status == health_pb2.HealthCheckResponse.SERVING

@@ -85,6 +85,15 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
         return pb.SettleQuotaResponse()
 
+    async def SettleQuotas(
+        self, request: pb.SettleQuotasRequest, context: Context
+    ) -> pb.SettleQuotasResponse:
+        for settle in request.settles:
+            await self.quotas.settle(
+                convert.reservation_value(settle.reservation), convert.usage_row(settle.usage)
+            )
+        return pb.SettleQuotasResponse()
+
 
 class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
     """Every method first checks `authorization: Bearer <admin key>` metadata."""

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text as the model wrote it
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """Part of a tool call while it streams; `arguments` fragments concatenate."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +29,20 @@ class Message:
     role: str
     content: str
     name: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """What the output must be: "text" (anything), "json_object", "json_schema"
+    (`schema` as JSON text, `strict`) or "grammar" (`grammar`, GBNF)."""
+
+    type: str = "text"
+    schema: str = ""
+    strict: bool = False
+    name: str = ""
+    grammar: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +54,11 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,19 +68,64 @@ class ChatRequest:
     sampling: Sampling = field(default_factory=Sampling)
     user: str = ""
     fallback_models: tuple[str, ...] = ()  # tried in order when `model` cannot serve
+    tools_json: str = ""  # OpenAI `tools`, JSON array text; "" when none
+    tool_choice_json: str = ""  # OpenAI `tool_choice` as JSON; "" when unset
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools_json or self.tool_choice_json) or any(
+            m.tool_calls for m in self.messages
+        )
+
+
+Prompt = str | tuple[int, ...]  # text, or token ids
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """A text completion: each prompt gets `sampling.n` choices, indexed
+    prompt-major (prompt p's j-th choice is p * n + j)."""
+
+    model: str
+    prompts: tuple[Prompt, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+    suffix: str = ""
+    echo: bool = False
+    best_of: int | None = None  # candidates per prompt; the n most likely are returned
+    user: str = ""
+    fallback_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token: str
+    logprob: float
+    bytes: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: bytes
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
     choice_index: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Finish:
     """The end of a generation: why each choice stopped and the exact token counts."""
 
-    finish_reasons: dict[int, str]  # choice index -> "stop" | "length" | "content_filter"
+    # choice index -> "stop" | "length" | "content_filter" | "tool_calls"
+    finish_reasons: dict[int, str]
     prompt_tokens: int
     completion_tokens: int
 
@@ -55,6 +136,7 @@ class Routed:
     aliases and fallbacks)."""
 
     model: str
+    provider: str = ""  # the model's owned_by
 
 
 # A backend yields batches of deltas (all it had at the time) and then one Finish.
@@ -69,3 +151,10 @@ class Backend(Protocol):
 
 class ChatBackend(Backend, Protocol):
     def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]: ...
+
+
+@runtime_checkable
+class CompletionBackend(Protocol):
+    """A chat backend that also does text completions (OpenAI /completions)."""
+
+    def stream_completion(self, request: CompletionRequest) -> AsyncGenerator[Event, None]: ...

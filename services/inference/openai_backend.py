@@ -15,29 +15,31 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
-import httpx
-
 from services.common.errors import Kind, ServiceError
 from services.inference import openai_wire as wire
 from services.inference import tokens
 from services.inference.balancer import Balancer, Replica
 from services.inference.embedding import Embeddings, EmbedRequest
-from services.inference.generation import ChatRequest, Event
+from services.inference.generation import ChatRequest, CompletionRequest, Event
 from services.inference.models_file import ModelSpec
 from services.inference.sse import SseDecoder
-from services.inference.upstream import BodyPump, PoolOptions, Upstream, read_limited
+from services.inference.upstream import (
+    RETRY_ERRORS,
+    TRANSPORT_ERRORS,
+    UNREADABLE,
+    BodyPump,
+    ConnectTimeout,
+    PoolOptions,
+    Upstream,
+    UpstreamResponse,
+    read_limited,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503})
+ERROR_BODY_UNREADABLE: tuple[type[BaseException], ...] = (*UNREADABLE, ServiceError)
 # Failures before any response: safe to try on another replica.
-RETRY_ERRORS = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.RemoteProtocolError,
-    httpx.ReadError,
-    httpx.WriteError,
-)
 STREAM_HEADERS = {"accept": "text/event-stream", "accept-encoding": "identity"}
 JSON_HEADERS = {"accept": "application/json"}
 MAX_ERROR_BODY = 64 * 1024
@@ -69,16 +71,32 @@ class OpenAIBackend:
         for replica in self.balancer.replicas:
             await replica.target.close()
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
-        deadline = asyncio.get_running_loop().time() + self.spec.timeout_s
-        replica, response = await self._open(
+    def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
+        return self._generate(
+            request,
             "chat/completions",
             lambda upstream: wire.chat_payload(request, upstream.model),
-            STREAM_HEADERS,
-            deadline,
+            wire.ChatChunks(self.spec.name),
         )
+
+    def stream_completion(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
+        return self._generate(
+            request,
+            "completions",
+            lambda upstream: wire.completion_payload(request, upstream.model),
+            wire.TextChunks(self.spec.name),
+        )
+
+    async def _generate(
+        self,
+        request: ChatRequest | CompletionRequest,
+        path: str,
+        payload: Callable[[Upstream], bytes],
+        chunks: wire.ChatChunks,
+    ) -> AsyncGenerator[Event, None]:
+        deadline = asyncio.get_running_loop().time() + self.spec.timeout_s
+        replica, response = await self._open(path, payload, STREAM_HEADERS, deadline)
         pump = BodyPump(response, deadline)
-        chunks = wire.ChatChunks(self.spec.name)
         try:
             if response.headers.get("content-type", "").startswith("text/event-stream"):
                 decoder = SseDecoder()
@@ -104,7 +122,7 @@ class OpenAIBackend:
         except TimeoutError:
             self.balancer.failed(replica)
             raise self._timeout() from None
-        except httpx.HTTPError as error:
+        except TRANSPORT_ERRORS as error:
             self.balancer.failed(replica)
             log.warning(
                 "upstream stream broke",
@@ -137,7 +155,7 @@ class OpenAIBackend:
         except TimeoutError:
             self.balancer.failed(replica)
             raise self._timeout() from None
-        except httpx.HTTPError:
+        except TRANSPORT_ERRORS:
             self.balancer.failed(replica)
             raise ServiceError(
                 Kind.UNAVAILABLE,
@@ -159,7 +177,7 @@ class OpenAIBackend:
         body: Callable[[Upstream], bytes],
         headers: dict[str, str],
         deadline: float,
-    ) -> tuple[Replica[Upstream], httpx.Response]:
+    ) -> tuple[Replica[Upstream], UpstreamResponse]:
         """A response with a 2xx status from some replica, its load still counted.
 
         Tries each replica at most once; retries only what failed before an
@@ -171,19 +189,16 @@ class OpenAIBackend:
             tried.append(replica)
             upstream = replica.target
             try:
-                request = upstream.client.build_request(
-                    "POST", path, content=body(upstream), headers=headers
-                )
                 async with asyncio.timeout_at(deadline):
-                    response = await upstream.client.send(request, stream=True)
-            except TimeoutError:
-                self._failed(replica, "timed out")
-                raise self._timeout() from None
-            except RETRY_ERRORS as error:
+                    response = await upstream.post(path, body(upstream), headers)
+            except RETRY_ERRORS as error:  # before TimeoutError: a connect timeout is one too
                 self._failed(replica, repr(error))
                 failure = self._unreachable(error)
                 continue
-            except httpx.HTTPError as error:
+            except TimeoutError:
+                self._failed(replica, "timed out")
+                raise self._timeout() from None
+            except TRANSPORT_ERRORS as error:
                 self._failed(replica, repr(error))
                 raise self._unreachable(error) from None
             except BaseException:
@@ -206,7 +221,7 @@ class OpenAIBackend:
                     response.headers.get("retry-after"),
                     self.spec.name,
                 )
-            except (TimeoutError, httpx.HTTPError, ServiceError):
+            except ERROR_BODY_UNREADABLE:
                 refusal = wire.rejection(response.status_code, b"", None, self.spec.name)
             except BaseException:
                 self.balancer.abandoned(replica)
@@ -238,8 +253,8 @@ class OpenAIBackend:
         self.balancer.failed(replica)
         self.balancer.release(replica)
 
-    def _unreachable(self, error: httpx.HTTPError) -> ServiceError:
-        if isinstance(error, httpx.ConnectTimeout):
+    def _unreachable(self, error: BaseException) -> ServiceError:
+        if isinstance(error, ConnectTimeout):
             return ServiceError(
                 Kind.DEADLINE_EXCEEDED,
                 "UPSTREAM_TIMEOUT",

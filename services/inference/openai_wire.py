@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -21,9 +22,19 @@ from numpy.typing import NDArray
 from services.common.errors import Kind, ServiceError
 from services.inference import tokens
 from services.inference.embedding import EmbedRequest
-from services.inference.generation import ChatRequest, Delta, Finish
+from services.inference.generation import (
+    ChatRequest,
+    CompletionRequest,
+    Delta,
+    Finish,
+    Message,
+    ResponseFormat,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+)
 
-FINISH_REASONS = frozenset({"stop", "length", "content_filter"})
+FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
 DONE = b"[DONE]"
 MAX_ERROR_MESSAGE = 2000
 
@@ -50,12 +61,7 @@ def bad_response(model: str, problem: str) -> ServiceError:
 
 
 def chat_payload(request: ChatRequest, upstream_model: str) -> bytes:
-    messages = [
-        {"role": m.role, "content": m.content, "name": m.name}
-        if m.name
-        else {"role": m.role, "content": m.content}
-        for m in request.messages
-    ]
+    messages = [_message(m) for m in request.messages]
     body: dict[str, Any] = {
         "model": upstream_model,
         "messages": messages,
@@ -77,7 +83,122 @@ def chat_payload(request: ChatRequest, upstream_model: str) -> bytes:
         body["stop"] = list(s.stops)
     if request.user:
         body["user"] = request.user
+    if s.n != 1:
+        body["n"] = s.n
+    if s.logprobs:
+        body["logprobs"] = True
+        if s.top_logprobs:
+            body["top_logprobs"] = s.top_logprobs
+    if s.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+    response_format = _response_format(s.response_format)
+    if response_format is not None:
+        body["response_format"] = response_format
+    if request.tools_json:
+        body["tools"] = orjson.Fragment(request.tools_json)
+    if request.tool_choice_json:
+        body["tool_choice"] = orjson.Fragment(request.tool_choice_json)
+    if request.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = request.parallel_tool_calls
     return orjson.dumps(body)
+
+
+def _message(m: Message) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name:
+        message["name"] = m.name
+    if m.tool_calls:
+        message["content"] = m.content or None
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id:
+        message["tool_call_id"] = m.tool_call_id
+    return message
+
+
+def _tool_calls(value: object) -> tuple[ToolCallDelta, ...]:
+    """A delta's (or message's) `tool_calls`; parts that do not fit are skipped."""
+    if not isinstance(value, list):
+        return ()
+    calls: list[ToolCallDelta] = []
+    for position, item in enumerate(value):
+        if not isinstance(item, dict):
+            continue
+        index = item.get("index", position)
+        function = item.get("function")
+        function = function if isinstance(function, dict) else {}
+        call_id, name, arguments = item.get("id"), function.get("name"), function.get("arguments")
+        calls.append(
+            ToolCallDelta(
+                index if isinstance(index, int) and index >= 0 else position,
+                call_id if isinstance(call_id, str) else "",
+                name if isinstance(name, str) else "",
+                arguments if isinstance(arguments, str) else "",
+            )
+        )
+    return tuple(calls)
+
+
+def _response_format(value: ResponseFormat) -> dict[str, Any] | None:
+    """OpenAI's `response_format`; a grammar is ours alone, so upstreams refuse it."""
+    if value.type == "text":
+        return None
+    if value.type == "json_object":
+        return {"type": "json_object"}
+    if value.type == "json_schema":
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": value.name,
+                "schema": orjson.loads(value.schema or "{}"),
+                "strict": value.strict,
+            },
+        }
+    raise ServiceError(
+        Kind.INVALID_ARGUMENT,
+        "UNSUPPORTED_RESPONSE_FORMAT",
+        f"'response_format' type '{value.type}' is only supported on the local model; "
+        "OpenAI-compatible upstreams take text, json_object and json_schema.",
+        param="response_format",
+    )
+
+
+def _logprobs(value: object) -> tuple[TokenLogprob, ...]:
+    """A chat choice's `logprobs.content` (entries that do not fit are skipped)."""
+    content = value.get("content") if isinstance(value, dict) else None
+    if not isinstance(content, list):
+        return ()
+    entries: list[TokenLogprob] = []
+    for item in content:
+        if not isinstance(item, dict):
+            continue
+        token, logprob = item.get("token"), item.get("logprob")
+        if not isinstance(token, str) or not isinstance(logprob, int | float):
+            continue
+        top = item.get("top_logprobs")
+        entries.append(
+            TokenLogprob(
+                token,
+                float(logprob),
+                _bytes(item.get("bytes"), token),
+                tuple(
+                    TopLogprob(t["token"], float(t["logprob"]), _bytes(t.get("bytes"), t["token"]))
+                    for t in (top if isinstance(top, list) else [])
+                    if isinstance(t, dict)
+                    and isinstance(t.get("token"), str)
+                    and isinstance(t.get("logprob"), int | float)
+                ),
+            )
+        )
+    return tuple(entries)
+
+
+def _bytes(value: object, token: str) -> bytes:
+    if isinstance(value, list) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        return bytes(value)
+    return token.encode()
 
 
 def embeddings_payload(request: EmbedRequest, upstream_model: str) -> bytes:
@@ -126,6 +247,8 @@ class ChatChunks:
     """Folds an upstream's `chat.completion.chunk` events into delta batches,
     then a Finish with its usage (or an estimate when it reported none)."""
 
+    text_mode = False  # True: `text_completion` chunks (choice `text`, legacy logprobs)
+
     def __init__(self, model: str) -> None:
         self.model = model
         self.done = False  # saw [DONE]
@@ -134,10 +257,13 @@ class ChatChunks:
         self.usage: tuple[int, int] | None = None
         self._text_bytes = 0
         self._chunks = 0
+        self._logprobs: dict[int, list[TokenLogprob]] = {}
+        self._tool_calls: dict[int, list[ToolCallDelta]] = {}
 
     def feed(self, events: Iterable[bytes]) -> list[Delta]:
         """The deltas in these events, merged per choice: one batch per read."""
         texts: dict[int, list[str]] = {}
+        self._logprobs, self._tool_calls = {}, {}
         for data in events:
             self.events += 1
             if data == DONE:
@@ -155,18 +281,31 @@ class ChatChunks:
             usage = _usage(chunk.get("usage"))
             if usage is not None:
                 self.usage = usage
-        return [Delta(index, "".join(parts)) for index, parts in texts.items()]
+        return self._deltas(texts)
+
+    def _deltas(self, texts: dict[int, list[str]]) -> list[Delta]:
+        indexes = list(dict.fromkeys([*texts, *self._logprobs, *self._tool_calls]))
+        return [
+            Delta(
+                i,
+                "".join(texts.get(i, [])),
+                tuple(self._logprobs.get(i, [])),
+                tuple(self._tool_calls.get(i, [])),
+            )
+            for i in indexes
+        ]
 
     def completion(self, body: bytes) -> list[Delta]:
         """A whole `chat.completion` (an upstream that ignored `stream`)."""
         answer = _load(body, self.model, "the completion")
         texts: dict[int, list[str]] = {}
+        self._logprobs, self._tool_calls = {}, {}
         self._choices(answer.get("choices"), "message", texts)
         if not self.finish_reasons:
             raise bad_response(self.model, "the completion has no choices")
         self.usage = _usage(answer.get("usage"))
         self.done = True
-        return [Delta(index, "".join(parts)) for index, parts in texts.items()]
+        return self._deltas(texts)
 
     def _choices(self, choices: object, field: str, texts: dict[int, list[str]]) -> None:
         if choices is None:
@@ -181,15 +320,28 @@ class ChatChunks:
                 raise bad_response(self.model, "a choice has no valid 'index'")
             part = choice.get(field)
             content = part.get("content") if isinstance(part, dict) else None
+            if self.text_mode:
+                content = choice.get("text")
             if isinstance(content, str) and content:
                 texts.setdefault(index, []).append(content)
                 self._text_bytes += len(content.encode())
                 self._chunks += 1
+            calls = _tool_calls(part.get("tool_calls") if isinstance(part, dict) else None)
+            if calls:
+                self._tool_calls.setdefault(index, []).extend(calls)
+                self._chunks += 1
+            logprobs = (
+                _text_logprobs(choice.get("logprobs"))
+                if self.text_mode
+                else _logprobs(choice.get("logprobs"))
+            )
+            if logprobs:
+                self._logprobs.setdefault(index, []).extend(logprobs)
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason:
                 self.finish_reasons[index] = reason if reason in FINISH_REASONS else "stop"
 
-    def finish(self, request: ChatRequest) -> Finish:
+    def finish(self, request: ChatRequest | CompletionRequest) -> Finish:
         """The end of a stream that closed: complete, or cut (UPSTREAM_BAD_RESPONSE)."""
         if not self.done and not self.finish_reasons:
             problem = (
@@ -202,9 +354,98 @@ class ChatChunks:
         if self.usage is not None:
             prompt, completion = self.usage
         else:
-            prompt = tokens.prompt_tokens(request.messages)
+            if isinstance(request, ChatRequest):
+                prompt = tokens.prompt_tokens(request.messages)
+            else:
+                prompt = sum(
+                    tokens.text_tokens(p) if isinstance(p, str) else len(p) for p in request.prompts
+                )
             completion = tokens.completion_tokens(self._text_bytes, self._chunks)
         return Finish(reasons, prompt, completion)
+
+
+class TextChunks(ChatChunks):
+    """As ChatChunks, for `/completions` answers (`text_completion` objects)."""
+
+    text_mode = True
+
+
+def completion_payload(request: CompletionRequest, upstream_model: str) -> bytes:
+    """A `/completions` body. With `best_of` the upstream cannot stream (OpenAI
+    refuses both), so it is asked for one JSON answer."""
+    prompts = [p if isinstance(p, str) else list(p) for p in request.prompts]
+    s = request.sampling
+    streams = not (request.best_of is not None and request.best_of > 1)
+    body: dict[str, Any] = {
+        "model": upstream_model,
+        "prompt": prompts[0] if len(prompts) == 1 else prompts,
+        "stream": streams,
+    }
+    if streams:
+        body["stream_options"] = {"include_usage": True}
+    for name, value in (
+        ("max_tokens", s.max_tokens),
+        ("temperature", s.temperature),
+        ("top_p", s.top_p),
+        ("seed", s.seed),
+        ("presence_penalty", s.presence_penalty),
+        ("frequency_penalty", s.frequency_penalty),
+        ("best_of", request.best_of),
+    ):
+        if value is not None:
+            body[name] = value
+    if s.stops:
+        body["stop"] = list(s.stops)
+    if s.n != 1:
+        body["n"] = s.n
+    if s.logprobs:
+        body["logprobs"] = s.top_logprobs
+    if s.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in s.logit_bias}
+    if request.echo:
+        body["echo"] = True
+    if request.suffix:
+        body["suffix"] = request.suffix
+    if request.user:
+        body["user"] = request.user
+    response_format = _response_format(s.response_format)
+    if response_format is not None:
+        body["response_format"] = response_format
+    return orjson.dumps(body)
+
+
+def _text_logprobs(value: object) -> tuple[TokenLogprob, ...]:
+    """A `/completions` choice's legacy `logprobs` object; a null log probability
+    (an echoed first token) becomes NaN, which renders as null again."""
+    if not isinstance(value, dict):
+        return ()
+    tokens_, logprobs, tops = (
+        value.get("tokens"),
+        value.get("token_logprobs"),
+        value.get("top_logprobs"),
+    )
+    if not isinstance(tokens_, list) or not isinstance(logprobs, list):
+        return ()
+    tops = tops if isinstance(tops, list) else []
+    entries: list[TokenLogprob] = []
+    for position, token in enumerate(tokens_):
+        if not isinstance(token, str):
+            continue
+        logprob = logprobs[position] if position < len(logprobs) else None
+        top = tops[position] if position < len(tops) else None
+        entries.append(
+            TokenLogprob(
+                token,
+                float(logprob) if isinstance(logprob, int | float) else math.nan,
+                token.encode(),
+                tuple(
+                    TopLogprob(t, float(p), t.encode())
+                    for t, p in (top.items() if isinstance(top, dict) else ())
+                    if isinstance(p, int | float)
+                ),
+            )
+        )
+    return tuple(entries)
 
 
 def parse_embeddings(body: bytes, count: int, model: str) -> tuple[NDArray[np.float32], int | None]:

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from services.common.errors import Kind, ServiceError
+from services.inference import strict
 from services.inference.catalog import Catalog
 from services.inference.embedding import Embeddings, EmbedRequest
-from services.inference.generation import ChatRequest, Event, Routed
+from services.inference.generation import (
+    ChatBackend,
+    ChatRequest,
+    CompletionBackend,
+    CompletionRequest,
+    Event,
+    Routed,
+)
 from services.inference.registry import ModelRegistry, ServedModel
 
 log = logging.getLogger(__name__)
@@ -53,14 +61,31 @@ class Router:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event | Routed, None]:
+    def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event | Routed, None]:
         """`Routed(model)` once a model has produced its first event, then its events."""
+        return strict.checked(
+            self._stream(request, lambda backend: backend.stream_chat(request)),
+            request.sampling.response_format,
+        )
+
+    def stream_completion(self, request: CompletionRequest) -> AsyncGenerator[Event | Routed, None]:
+        """As `stream_chat`, for a text completion."""
+        return strict.checked(
+            self._stream(request, lambda backend: _completion_backend(backend, request)),
+            request.sampling.response_format,
+        )
+
+    async def _stream(
+        self,
+        request: ChatRequest | CompletionRequest,
+        open_stream: Callable[[ChatBackend], AsyncGenerator[Event, None]],
+    ) -> AsyncGenerator[Event | Routed, None]:
         with self.catalog.lease() as registry:
             chain = candidates(registry, request.model, request.fallback_models, "chat")
             failure: ServiceError | None = None
             for served in chain:
                 assert served.chat is not None
-                async with contextlib.aclosing(served.chat.stream_chat(request)) as events:
+                async with contextlib.aclosing(open_stream(served.chat)) as events:
                     try:
                         first = await anext(events)
                     except ServiceError as error:
@@ -68,7 +93,7 @@ class Router:
                             raise
                         failure = _note(error, served)
                         continue
-                    yield Routed(served.spec.name)
+                    yield Routed(served.spec.name, served.spec.owned_by)
                     yield first
                     async for event in events:
                         yield event
@@ -91,6 +116,20 @@ class Router:
                     failure = _note(error, served)
             assert failure is not None
             raise failure
+
+
+def _completion_backend(
+    backend: ChatBackend, request: CompletionRequest
+) -> AsyncGenerator[Event, None]:
+    if not isinstance(backend, CompletionBackend):
+        raise ServiceError(
+            Kind.INVALID_ARGUMENT,
+            "COMPLETIONS_UNSUPPORTED",
+            f"Model '{request.model}' does not serve text completions through this gateway; "
+            "use /chat/completions.",
+            param="model",
+        )
+    return backend.stream_completion(request)
 
 
 def _note(error: ServiceError, served: ServedModel) -> ServiceError:

@@ -4,45 +4,143 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 
-from services.common.errors import ServiceError
+from services.common.errors import Kind, ServiceError
 from services.common.status import abort
 from services.inference.catalog import Catalog
 from services.inference.embedding import EmbeddingInput, EmbedRequest
-from services.inference.generation import ChatRequest, Finish, Message, Routed, Sampling
+from services.inference.generation import (
+    ChatRequest,
+    CompletionRequest,
+    Delta,
+    Event,
+    Finish,
+    Message,
+    Prompt,
+    ResponseFormat,
+    Routed,
+    Sampling,
+    ToolCall,
+)
 from services.inference.registry import ServedModel
 from services.inference.router import Router
 
 log = logging.getLogger(__name__)
 
 FINISH_REASONS = {
+    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
     "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
 }
 
 
+RESPONSE_FORMATS = {
+    pb.RESPONSE_FORMAT_TYPE_UNSPECIFIED: "text",
+    pb.RESPONSE_FORMAT_TYPE_TEXT: "text",
+    pb.RESPONSE_FORMAT_TYPE_JSON_OBJECT: "json_object",
+    pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA: "json_schema",
+    pb.RESPONSE_FORMAT_TYPE_GRAMMAR: "grammar",
+}
+
+
+def sampling(s: pb.SamplingParams) -> Sampling:
+    f = s.response_format
+    if f.grammar_syntax not in ("", "gbnf"):
+        raise ServiceError(
+            Kind.INVALID_ARGUMENT,
+            "UNSUPPORTED_GRAMMAR_SYNTAX",
+            f"Grammar syntax '{f.grammar_syntax}' is not supported; use 'gbnf'.",
+            param="response_format",
+        )
+    return Sampling(
+        max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
+        temperature=s.temperature if s.HasField("temperature") else None,
+        top_p=s.top_p if s.HasField("top_p") else None,
+        stops=tuple(s.stops),
+        seed=s.seed if s.HasField("seed") else None,
+        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
+        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
+        n=s.n if s.HasField("n") and s.n > 0 else 1,
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
+        logit_bias=tuple(sorted(s.logit_bias.items())),
+        response_format=ResponseFormat(
+            type=RESPONSE_FORMATS.get(f.type, "text"),
+            schema=f.json_schema,
+            strict=f.strict,
+            name=f.name,
+            grammar=f.grammar,
+        ),
+    )
+
+
 def chat_request(message: pb.StreamChatCompletionRequest) -> ChatRequest:
-    s = message.sampling
     return ChatRequest(
         model=message.model,
-        messages=tuple(Message(m.role, m.content, m.name) for m in message.messages),
-        sampling=Sampling(
-            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
-            temperature=s.temperature if s.HasField("temperature") else None,
-            top_p=s.top_p if s.HasField("top_p") else None,
-            stops=tuple(s.stops),
-            seed=s.seed if s.HasField("seed") else None,
-            presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
-            frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
+        messages=tuple(
+            Message(
+                m.role,
+                m.content,
+                m.name,
+                tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+                m.tool_call_id,
+            )
+            for m in message.messages
         ),
+        sampling=sampling(message.sampling),
         user=message.user,
         fallback_models=tuple(message.fallback_models),
+        tools_json=message.tools_json,
+        tool_choice_json=message.tool_choice_json,
+        parallel_tool_calls=(
+            message.parallel_tool_calls if message.HasField("parallel_tool_calls") else None
+        ),
+    )
+
+
+def completion_request(message: pb.StreamCompletionRequest) -> CompletionRequest:
+    prompts: list[Prompt] = [
+        p.text if p.WhichOneof("input") != "tokens" else tuple(p.tokens.ids)
+        for p in message.prompts
+    ]
+    return CompletionRequest(
+        model=message.model,
+        prompts=tuple(prompts),
+        sampling=sampling(message.sampling),
+        suffix=message.suffix,
+        echo=message.echo,
+        best_of=message.best_of if message.HasField("best_of") else None,
+        user=message.user,
+        fallback_models=tuple(message.fallback_models),
+    )
+
+
+def delta_message(delta: Delta) -> pb.Delta:
+    return pb.Delta(
+        choice_index=delta.choice_index,
+        content=delta.text,
+        logprobs=[
+            pb.TokenLogprob(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=lp.bytes,
+                top_logprobs=[
+                    pb.TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top
+                ],
+            )
+            for lp in delta.logprobs
+        ],
+        tool_calls=[
+            pb.ToolCallDelta(index=c.index, id=c.id, name=c.name, arguments=c.arguments)
+            for c in delta.tool_calls
+        ],
     )
 
 
@@ -66,19 +164,52 @@ def model_message(model_id: str, served: ServedModel) -> pb.Model:
     )
 
 
-def summary_message(finish: Finish, model: str) -> pb.StreamChatCompletionResponse:
-    return pb.StreamChatCompletionResponse(
-        summary=pb.Summary(
-            choice_ends=[
-                pb.ChoiceEnd(choice_index=i, finish_reason=FINISH_REASONS[r])
-                for i, r in sorted(finish.finish_reasons.items())
-            ],
-            usage=pb.Usage(
-                prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens
-            ),
-            model=model,
-        )
+def summary_message(finish: Finish, model: str, provider: str = "") -> pb.Summary:
+    return pb.Summary(
+        choice_ends=[
+            pb.ChoiceEnd(choice_index=i, finish_reason=FINISH_REASONS[r])
+            for i, r in sorted(finish.finish_reasons.items())
+        ],
+        usage=pb.Usage(
+            prompt_tokens=finish.prompt_tokens, completion_tokens=finish.completion_tokens
+        ),
+        model=model,
+        provider=provider,
     )
+
+
+async def write_stream(
+    events: AsyncGenerator[Event | Routed, None],
+    response: type[pb.StreamChatCompletionResponse] | type[pb.StreamCompletionResponse],
+    model: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> None:
+    """Write a generation's events as stream messages of type `response`.
+
+    A coroutine that writes, not an async generator: when the call is
+    cancelled (client gone, shutdown) the CancelledError lands inside the
+    `aclosing` block, so the backend stream is closed at once and stops its
+    generation or upstream request. A suspended generator would not be.
+    """
+    try:
+        served, provider, first = model, "", True
+        async with contextlib.aclosing(events) as stream:
+            async for event in stream:
+                if isinstance(event, list):
+                    batch = pb.DeltaBatch(
+                        deltas=[delta_message(d) for d in event],
+                        model=served if first else "",
+                        provider=provider if first else "",
+                    )
+                    first = False
+                    await context.write(response(deltas=batch))
+                elif isinstance(event, Routed):
+                    served, provider = event.model, event.provider
+                elif isinstance(event, Finish):
+                    await context.write(response(summary=summary_message(event, served, provider)))
+                    return
+    except ServiceError as error:
+        await abort(context, error)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -124,29 +255,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def StreamChatCompletion(  # type: ignore[override]  # writes, does not yield
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        # A coroutine that writes, not an async generator: when the call is
-        # cancelled (client gone, shutdown) the CancelledError lands inside the
-        # `aclosing` block, so the backend stream is closed at once and stops
-        # its generation or upstream request. A suspended generator would not be.
         try:
-            served, first = request.model, True
-            async with contextlib.aclosing(
-                self.router.stream_chat(chat_request(request))
-            ) as events:
-                async for event in events:
-                    if isinstance(event, list):
-                        batch = pb.DeltaBatch(
-                            deltas=[
-                                pb.Delta(choice_index=d.choice_index, content=d.text) for d in event
-                            ],
-                            model=served if first else "",
-                        )
-                        first = False
-                        await context.write(pb.StreamChatCompletionResponse(deltas=batch))
-                    elif isinstance(event, Routed):
-                        served = event.model
-                    elif isinstance(event, Finish):
-                        await context.write(summary_message(event, served))
-                        return
+            chat = chat_request(request)
         except ServiceError as error:
             await abort(context, error)
+        await write_stream(
+            self.router.stream_chat(chat), pb.StreamChatCompletionResponse, request.model, context
+        )
+
+    async def StreamCompletion(  # type: ignore[override]  # writes, does not yield
+        self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        try:
+            completion = completion_request(request)
+        except ServiceError as error:
+            await abort(context, error)
+        await write_stream(
+            self.router.stream_completion(completion),
+            pb.StreamCompletionResponse,
+            request.model,
+            context,
+        )

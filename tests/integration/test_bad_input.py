@@ -83,14 +83,16 @@ def test_body_that_is_not_an_object_is_400(stack: Stack) -> None:
         ),
         ({"model": MODEL, "messages": OK_MESSAGES, "presence_penalty": 2.5}, "presence_penalty"),
         ({"model": MODEL, "messages": OK_MESSAGES, "seed": "x"}, "seed"),
-        ({"model": MODEL, "messages": OK_MESSAGES, "n": 2}, "n"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "n": 129}, "n"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "logprobs": "yes"}, "logprobs"),
+        ({"model": MODEL, "messages": OK_MESSAGES, "logit_bias": [1]}, "logit_bias"),
         (
             {
                 "model": MODEL,
                 "messages": OK_MESSAGES,
-                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tools": [{"type": "function", "function": {"name": "bad name"}}],
             },
-            "tools",
+            "tools[0].function.name",
         ),
     ],
 )

@@ -7,27 +7,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.processes import free_port, spawn, stop, wait_for
+from tests.processes import free_port, serving, spawn, stop, wait_for
 from tests.stack import ADMIN_KEY, Stack
 
 MB = 1024 * 1024
 UPLOAD_BYTES = 500 * MB
 BOUNDARY = "aqueduct-memory-test"
-
-
-def serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def memory_kb(pid: int, field: str) -> int:

@@ -13,22 +13,10 @@ import openai
 import pytest
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.processes import free_port, spawn, stop, wait_for
+from tests.processes import free_port, serving, spawn, stop, wait_for
 
 MODEL = "smollm2-135m-instruct"
-
-
-def serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.RpcError:
-            return False
-    return answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_inference_alone_answers_a_plain_grpc_streaming_call(tmp_path: Path) -> None:

@@ -10,14 +10,18 @@ from aqueduct.inference.v1 import inference_pb2 as pb
 
 from edge.chat_protocol import (
     ChatWriter,
+    ChoiceText,
     Completion,
     completion_json,
     error_event,
+    gather,
     parse_chat_request,
 )
 from edge.errors import ApiError
 
 BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+TOOLS: Any = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
 
 
 def parse(**extra: Any) -> Any:
@@ -87,8 +91,51 @@ def test_stream_options_need_stream() -> None:
         ({**BASE, "temperature": True}, "temperature"),
         ({**BASE, "max_tokens": True}, "max_tokens"),
         ({**BASE, "stop": ["a"] * 5}, "stop"),
-        ({**BASE, "logprobs": True}, "logprobs"),
-        ({**BASE, "response_format": {"type": "json_object"}}, "response_format"),
+        ({**BASE, "logprobs": 1}, "logprobs"),
+        ({**BASE, "top_logprobs": 1}, "top_logprobs"),
+        ({**BASE, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({**BASE, "n": 0}, "n"),
+        ({**BASE, "n": 129}, "n"),
+        ({**BASE, "logit_bias": {"a": 1}}, "logit_bias"),
+        ({**BASE, "logit_bias": {"1": -101}}, "logit_bias"),
+        ({**BASE, "logit_bias": {"1": "x"}}, "logit_bias"),
+        ({**BASE, "response_format": "json"}, "response_format"),
+        ({**BASE, "response_format": {"type": "yaml"}}, "response_format.type"),
+        ({**BASE, "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {**BASE, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format.json_schema.name",
+        ),
+        (
+            {
+                **BASE,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": 5}},
+                },
+            },
+            "response_format.json_schema.schema",
+        ),
+        ({**BASE, "response_format": {"type": "grammar"}}, "response_format.grammar"),
+        ({**BASE, "tools": {}}, "tools"),
+        ({**BASE, "tools": [{"type": "code"}]}, "tools[0]"),
+        ({**BASE, "tools": [{"type": "function", "function": {}}]}, "tools[0].function.name"),
+        ({**BASE, "tool_choice": "auto"}, "tool_choice"),
+        ({**BASE, "tool_choice": "sometimes", "tools": TOOLS}, "tool_choice"),
+        ({**BASE, "parallel_tool_calls": 1}, "parallel_tool_calls"),
+        ({**BASE, "functions": [{"name": "f"}]}, "functions"),
+        (
+            {**BASE, "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].tool_call_id",
+        ),
+        (
+            {**BASE, "messages": [{"role": "assistant", "tool_calls": [{"id": "c"}]}]},
+            "messages[0].tool_calls[0]",
+        ),
+        (
+            {**BASE, "response_format": {"type": "grammar", "grammar": "x", "syntax": "lark"}},
+            "response_format.syntax",
+        ),
     ],
 )
 def test_invalid_fields_are_named(body: dict[str, Any], param: str) -> None:
@@ -124,7 +171,10 @@ def events(raw: bytes) -> list[Any]:
 def test_completion_json_has_openai_shape_and_served_model() -> None:
     body = orjson.loads(
         completion_json(
-            Completion("chatcmpl-1", 10, "alias"), "hey", summary(pb.FINISH_REASON_LENGTH)
+            Completion("chatcmpl-1", 10, "alias"),
+            {0: ChoiceText(["he", "y"], [])},
+            summary(pb.FINISH_REASON_LENGTH),
+            logprobs=False,
         )
     )
     assert body["object"] == "chat.completion"
@@ -172,3 +222,172 @@ def test_error_event_is_one_data_line_in_openai_shape() -> None:
             }
         }
     ]
+
+
+def test_tools_and_tool_messages_reach_the_request() -> None:
+    call = parse_chat_request(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "x"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+            "tools": TOOLS,
+            "tool_choice": "required",
+            "parallel_tool_calls": True,
+        }
+    )
+    r = call.request
+    assert orjson.loads(r.tools_json) == TOOLS and orjson.loads(r.tool_choice_json) == "required"
+    assert r.HasField("parallel_tool_calls") and r.parallel_tool_calls
+    assert [(c.id, c.name, c.arguments) for c in r.messages[1].tool_calls] == [("c1", "f", "{}")]
+    assert r.messages[2].tool_call_id == "c1"
+
+
+def test_tool_calls_render_in_messages_and_chunks() -> None:
+    batch = pb.DeltaBatch(
+        deltas=[
+            pb.Delta(tool_calls=[pb.ToolCallDelta(index=0, id="c1", name="f", arguments='{"a"')]),
+            pb.Delta(tool_calls=[pb.ToolCallDelta(index=0, arguments=": 1}")]),
+        ]
+    )
+    choices: dict[int, ChoiceText] = {}
+    gather(choices, batch)
+    ends = pb.Summary(
+        choice_ends=[pb.ChoiceEnd(choice_index=0, finish_reason=pb.FINISH_REASON_TOOL_CALLS)]
+    )
+    body = orjson.loads(completion_json(Completion("c", 1, "m"), choices, ends, logprobs=False))
+    [choice] = body["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    assert choice["message"]["tool_calls"] == [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    ]
+    writer = ChatWriter(Completion("c", 1, "m"), include_usage=False)
+    first = pb.DeltaBatch(
+        deltas=[pb.Delta(tool_calls=[pb.ToolCallDelta(index=0, id="c1", name="f")])]
+    )
+    later = pb.DeltaBatch(deltas=[pb.Delta(tool_calls=[pb.ToolCallDelta(index=0, arguments="{}")])])
+    out = events(writer.deltas(first) + writer.deltas(later))
+    assert out[0]["choices"][0]["delta"]["tool_calls"] == [
+        {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    ]
+    assert out[1]["choices"][0]["delta"]["tool_calls"] == [
+        {"index": 0, "function": {"arguments": "{}"}}
+    ]
+
+
+def test_new_sampling_fields_reach_the_request() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    call = parse_chat_request(
+        {
+            **BASE,
+            "n": 3,
+            "logprobs": True,
+            "top_logprobs": 4,
+            "logit_bias": {"42": -100, "7": 5.5},
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "thing", "schema": schema, "strict": True},
+            },
+        }
+    )
+    s = call.request.sampling
+    assert (s.n, s.logprobs, s.top_logprobs) == (3, True, 4)
+    assert dict(s.logit_bias) == {42: -100.0, 7: 5.5}
+    f = s.response_format
+    assert f.type == pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA and f.strict and f.name == "thing"
+    assert orjson.loads(f.json_schema) == schema
+    grammar = parse_chat_request({**BASE, "response_format": {"type": "grammar", "grammar": "g"}})
+    assert grammar.request.sampling.response_format.grammar == "g"
+    assert grammar.request.sampling.response_format.grammar_syntax == "gbnf"
+
+
+def test_completion_json_renders_every_choice_with_logprobs() -> None:
+    entry = pb.TokenLogprob(
+        token="é", logprob=-0.5, bytes="é".encode(), top_logprobs=[pb.TopLogprob(token="é")]
+    )
+    two = pb.Summary(
+        choice_ends=[
+            pb.ChoiceEnd(choice_index=0, finish_reason=pb.FINISH_REASON_STOP),
+            pb.ChoiceEnd(choice_index=1, finish_reason=pb.FINISH_REASON_LENGTH),
+        ],
+        usage=pb.Usage(prompt_tokens=1, completion_tokens=2),
+    )
+    body = orjson.loads(
+        completion_json(
+            Completion("c", 1, "m"),
+            {1: ChoiceText(["b"], []), 0: ChoiceText(["é"], [entry])},
+            two,
+            logprobs=True,
+        )
+    )
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    assert [c["finish_reason"] for c in body["choices"]] == ["stop", "length"]
+    content = body["choices"][0]["logprobs"]["content"]
+    assert content == [
+        {
+            "token": "é",
+            "logprob": -0.5,
+            "bytes": [195, 169],
+            "top_logprobs": [{"token": "é", "logprob": 0.0, "bytes": []}],
+        }
+    ]
+    assert body["choices"][1]["logprobs"] == {"content": [], "refusal": None}
+
+
+def test_stream_with_n_starts_every_choice_and_splits_deltas() -> None:
+    writer = ChatWriter(Completion("c", 1, "m"), include_usage=False, n=2, logprobs=True)
+    batch = pb.DeltaBatch(
+        deltas=[
+            pb.Delta(choice_index=1, content="a"),
+            pb.Delta(choice_index=0, content="b", logprobs=[pb.TokenLogprob(token="b")]),
+        ]
+    )
+    out = events(writer.start() + writer.deltas(batch))
+    assert [e["choices"][0]["index"] for e in out] == [0, 1, 1, 0]
+    assert out[2]["choices"][0]["logprobs"] == {"content": [], "refusal": None}
+    assert out[3]["choices"][0]["logprobs"]["content"][0]["token"] == "b"
+
+
+def test_named_tool_choice_is_accepted() -> None:
+    named = {"type": "function", "function": {"name": "f"}}
+    call = parse_chat_request({**BASE, "tools": TOOLS, "tool_choice": named})
+    assert orjson.loads(call.request.tool_choice_json) == named
+    with pytest.raises(ApiError) as caught:
+        parse_chat_request({**BASE, "tools": TOOLS, "tool_choice": {"type": "function"}})
+    assert caught.value.param == "tool_choice"
+
+
+def test_a_schema_nested_too_deeply_is_a_400() -> None:
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(900):
+        schema = {"type": "object", "properties": {"a": schema}}
+    body = {
+        **BASE,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    }
+    with pytest.raises(ApiError) as caught:
+        parse_chat_request(body)
+    assert caught.value.param == "response_format.json_schema.schema"
+
+
+def test_tools_nested_too_deeply_are_a_400() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(400):
+        deep = {"a": deep}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": deep}}]
+    with pytest.raises(ApiError) as caught:
+        parse_chat_request({**BASE, "tools": tools})
+    assert caught.value.param == "tools"

@@ -57,7 +57,7 @@ def test_chunks_of_one_read_merge_into_one_delta_per_choice() -> None:
 
 def test_usage_is_estimated_when_missing() -> None:
     chunks = wire.ChatChunks("m")
-    chunks.feed([chunk("a" * 40), chunk("b"), chunk(finish="tool_calls"), b"[DONE]"])
+    chunks.feed([chunk("a" * 40), chunk("b"), chunk(finish="function_call"), b"[DONE]"])
     finish = chunks.finish(REQUEST)
     assert finish.finish_reasons == {0: "stop"}  # reasons we do not model become stop
     assert finish.completion_tokens == 11  # 41 bytes / 4, rounded up

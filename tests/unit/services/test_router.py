@@ -100,7 +100,7 @@ def test_falls_back_on_unavailable_before_anything_was_produced() -> None:
     down, up = FakeChat(UNAVAILABLE), FakeChat()
     reg = registry(served("a", chat=down), served("b", chat=up))
     events = run(Router(OneCatalog(reg)), REQUEST)  # type: ignore[arg-type]
-    assert events[0] == Routed("b")
+    assert events[0] == Routed("b", "aqueduct")  # the served model and its owned_by
     assert isinstance(events[-1], Finish)
     assert (down.calls, down.closed, up.calls) == (1, 1, 1)
 
@@ -146,7 +146,7 @@ def test_catalog_reload_reuses_unchanged_backends_and_closes_replaced_ones_when_
         keep = catalog.current.resolve("keep").backend
         old = catalog.current.resolve("old").backend
         assert isinstance(old, OpenAIBackend)
-        client = old.balancer.replicas[0].target.client
+        upstream = old.balancer.replicas[0].target
         with catalog.lease() as leased:
             config.write_text(
                 two
@@ -156,9 +156,9 @@ def test_catalog_reload_reuses_unchanged_backends_and_closes_replaced_ones_when_
             assert catalog.current.resolve("keep").backend is keep  # same pool, same health
             assert leased.resolve("old").backend is old  # the request keeps what it started with
             await asyncio.sleep(0)
-            assert not client.is_closed
+            assert not upstream.closed
         await asyncio.sleep(0.01)
-        assert client.is_closed  # closed once its last request was done
+        assert upstream.closed  # closed once its last request was done
         config.write_text("models: [{name: x, backend: nope}]\n")
         assert not await catalog.reload()
         assert catalog.current.resolve("new")  # unchanged

@@ -1,0 +1,97 @@
+"""POST /v1/completions: authenticate, validate, reserve quota, stream from
+inference, answer, settle — the chat handler's steps for text completions."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge.auth import Authenticator, require_model_access
+from edge.chat import Call, finish_request, read_message, render, sse_events
+from edge.chat_protocol import ChoiceText, Completion, gather
+from edge.completions_protocol import (
+    CompletionWriter,
+    completion_json,
+    parse_completion_request,
+)
+from edge.errors import ApiError
+from edge.http import EventStream, json_response, read_json, request_id, until_disconnect
+from edge.limits import Limiter, Usage, estimate_completion_input_tokens
+
+if TYPE_CHECKING:
+    from aqueduct.inference.v1.inference_pb2_grpc import InferenceServiceAsyncStub
+
+
+class CompletionsHandler:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        limiter: Limiter,
+        inference: InferenceServiceAsyncStub,
+        max_body_bytes: int,
+    ) -> None:
+        self.authenticator = authenticator
+        self.limiter = limiter
+        self.inference = inference
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, request: Request) -> Response | EventStream:
+        rid = request_id(request)
+        principal = await self.authenticator.authenticate(request.headers, rid)
+        parsed = parse_completion_request(await read_json(request, self.max_body_bytes))
+        message = parsed.request
+        for model in (message.model, *message.fallback_models):
+            require_model_access(principal, model)
+        usage = Usage(
+            rid,
+            message.model,
+            parsed.stream,
+            message.user,
+            input_tokens=estimate_completion_input_tokens(message),
+        )
+        # Every candidate of every prompt may run to max_tokens.
+        candidates = max(message.best_of, message.sampling.n, 1) * len(message.prompts)
+        admission = await self.limiter.reserve(
+            principal, usage.input_tokens, message.sampling.max_tokens * candidates, rid
+        )
+        headers = {"x-request-id": rid, **admission.headers}
+        meta = Completion("cmpl-" + secrets.token_urlsafe(18), int(time.time()), message.model)
+        call: Call = self.inference.StreamCompletion(
+            message, metadata=(("x-request-id", rid), ("x-aqueduct-key-id", principal.key_id))
+        )
+        logprobs = parsed.logprobs is not None
+        try:
+            if parsed.stream:
+                writer = CompletionWriter(meta, parsed.include_usage, logprobs)
+                # Wait for the first message before answering 200, so errors that
+                # come before any text (unknown model, overload) keep their status.
+                first = render(writer, await read_message(call, usage))
+                return EventStream(
+                    first,
+                    sse_events(call, writer, usage),
+                    headers,
+                    on_close=lambda: finish_request(self.limiter, admission, usage, None, call),
+                )
+            body = await until_disconnect(request.receive, _collect(call, meta, usage, logprobs))
+        except ApiError as error:
+            finish_request(self.limiter, admission, usage, error, call)
+            error.headers.update(headers)
+            raise
+        finish_request(self.limiter, admission, usage, None, call)
+        return json_response(body, headers=headers)
+
+
+async def _collect(call: Call, meta: Completion, usage: Usage, logprobs: bool) -> bytes:
+    choices: dict[int, ChoiceText] = {}
+    while True:
+        message = await read_message(call, usage)
+        if message.HasField("summary"):
+            return completion_json(meta, choices, message.summary, logprobs)
+        if message.deltas.model:
+            meta.model = message.deltas.model
+            meta.provider = message.deltas.provider
+        gather(choices, message.deltas)

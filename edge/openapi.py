@@ -1,0 +1,367 @@
+"""The OpenAPI 3.1 document of what this edge serves, at GET /openapi.json.
+
+Written by hand from the parsers in edge/ (they are the source of truth for
+what is accepted); kept small: request bodies and the error shape in full,
+success bodies by their OpenAI schema names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+Json = dict[str, Any]
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+STOP = {
+    "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]
+}
+SAMPLING: Json = {
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "max_completion_tokens": {"type": "integer", "minimum": 1},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    "n": {"type": "integer", "minimum": 1, "maximum": 128},
+    "stop": STOP,
+    "seed": {"type": "integer"},
+    "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
+    "logit_bias": {"type": "object", "additionalProperties": {"type": "number"}},
+    "stream": {"type": "boolean"},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    "user": {"type": "string"},
+    "metadata": {"type": "object"},
+    "models": {
+        "type": "array",
+        "items": {"type": "string"},
+        "maxItems": 16,
+        "description": "Fallback model ids, tried in order when `model` cannot serve.",
+    },
+}
+CONTENT_PART = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["type", "text"],
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+        },
+        {
+            "type": "object",
+            "required": ["type", "file"],
+            "properties": {
+                "type": {"const": "file"},
+                "file": {
+                    "type": "object",
+                    "properties": {
+                        "file_id": {"type": "string"},
+                        "filename": {"type": "string"},
+                        "file_data": {"type": "string", "description": "data:<mime>;base64,…"},
+                    },
+                },
+            },
+        },
+    ]
+}
+MESSAGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {
+            "oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": CONTENT_PART},
+                {"type": "null"},
+            ]
+        },
+        "name": {"type": "string"},
+    },
+}
+RESPONSE_FORMAT = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"enum": ["text", "json_object"]}},
+        },
+        {
+            "type": "object",
+            "required": ["type", "json_schema"],
+            "properties": {
+                "type": {"const": "json_schema"},
+                "json_schema": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "schema": {"type": "object"},
+                        "strict": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+        {
+            "type": "object",
+            "required": ["type", "grammar"],
+            "properties": {"type": {"const": "grammar"}, "grammar": {"type": "string"}},
+        },
+    ]
+}
+CHAT_REQUEST = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "messages": {"type": "array", "minItems": 1, "items": MESSAGE},
+        "logprobs": {"type": "boolean"},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": 20},
+        "response_format": RESPONSE_FORMAT,
+        "tools": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "Passed to upstream backends; refused on the local model.",
+        },
+        "tool_choice": {},
+        "parallel_tool_calls": {"type": "boolean"},
+        **SAMPLING,
+    },
+}
+COMPLETION_REQUEST = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "prompt": {
+            "oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}},
+                {"type": "array", "items": {"type": "integer"}},
+                {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+            ]
+        },
+        "suffix": {"type": "string"},
+        "echo": {"type": "boolean"},
+        "best_of": {"type": "integer", "minimum": 1},
+        "logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
+        "response_format": RESPONSE_FORMAT,
+        **SAMPLING,
+    },
+}
+EMBEDDINGS_REQUEST = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {
+            "oneOf": [
+                {"type": "string"},
+                {"type": "array", "items": {"type": "string"}},
+                {"type": "array", "items": {"type": "integer"}},
+                {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+            ]
+        },
+        "encoding_format": {"enum": ["float", "base64"]},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": {"type": "string"},
+        "input_type": {"enum": ["query", "passage"]},
+        "models": SAMPLING["models"],
+    },
+}
+LIMITS = {
+    "type": "object",
+    "properties": {
+        name: {"type": ["integer", "null"], "minimum": 1}
+        for name in ("rpm", "input_tpm", "output_tpm", "max_concurrent")
+    },
+    "additionalProperties": False,
+}
+KEY_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "team": {"type": "string", "minLength": 1, "maxLength": 200},
+        "models": {"type": ["array", "null"], "items": {"type": "string"}},
+        "admin": {"type": "boolean"},
+        "expires_at": {"type": ["integer", "null"]},
+        "limits": LIMITS,
+    },
+}
+ERRORS = {
+    str(status): {
+        "description": text,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    for status, text in (
+        (400, "invalid parameter (named in `param`)"),
+        (401, "missing or unknown key"),
+        (403, "not allowed for this key"),
+        (404, "unknown model, file or route"),
+        (413, "body too large"),
+        (415, "not JSON"),
+        (429, "rate limited"),
+        (502, "upstream failed"),
+        (503, "unavailable"),
+        (504, "timed out"),
+    )
+}
+
+
+def _json_body(schema: Json) -> Json:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    summary: str,
+    body: Json | None = None,
+    ok: str = "OpenAI shape",
+    stream: bool = False,
+    security: bool = True,
+) -> Json:
+    content: Json = {"application/json": {"schema": {"type": "object"}}}
+    if stream:
+        content["text/event-stream"] = {"schema": {"type": "string"}}
+    operation: Json = {
+        "summary": summary,
+        "responses": {"200": {"description": ok, "content": content}, **ERRORS},
+    }
+    if body is not None:
+        operation["requestBody"] = body
+    if not security:
+        operation["security"] = []
+    return operation
+
+
+def _path_param(name: str) -> Json:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def document() -> Json:
+    upload = {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {
+                            "enum": [
+                                "user_data",
+                                "assistants",
+                                "batch",
+                                "vision",
+                                "fine-tune",
+                                "evals",
+                            ]
+                        },
+                    },
+                }
+            }
+        },
+    }
+    paths: Json = {
+        "/v1/chat/completions": {
+            "post": _op("Chat completion (JSON or SSE)", _json_body(CHAT_REQUEST), stream=True)
+        },
+        "/v1/completions": {
+            "post": _op(
+                "Text completion (JSON or SSE)", _json_body(COMPLETION_REQUEST), stream=True
+            )
+        },
+        "/v1/embeddings": {"post": _op("Embeddings", _json_body(EMBEDDINGS_REQUEST))},
+        "/v1/models": {"get": _op("Models this key may use")},
+        "/v1/models/{model_id}": {
+            "get": {**_op("One model"), "parameters": [_path_param("model_id")]}
+        },
+        "/v1/files": {"post": _op("Upload a file", upload), "get": _op("List the team's files")},
+        "/v1/files/{file_id}": {
+            "get": {**_op("One file"), "parameters": [_path_param("file_id")]},
+            "delete": {**_op("Delete a file"), "parameters": [_path_param("file_id")]},
+        },
+        "/v1/files/{file_id}/content": {
+            "get": {**_op("File bytes"), "parameters": [_path_param("file_id")]}
+        },
+        "/v1/admin/keys": {
+            "post": _op("Create a key (admin)", _json_body({**KEY_BODY, "required": ["name"]})),
+            "get": _op("List keys (admin)"),
+        },
+        "/v1/admin/keys/{id}": {
+            "get": {**_op("One key (admin)"), "parameters": [_path_param("id")]},
+            "patch": {
+                **_op("Change a key (admin)", _json_body(KEY_BODY)),
+                "parameters": [_path_param("id")],
+            },
+            "delete": {**_op("Revoke a key (admin)"), "parameters": [_path_param("id")]},
+        },
+        "/v1/admin/teams/{team}": {
+            "put": {
+                **_op(
+                    "Set team limits (admin)",
+                    _json_body(
+                        {
+                            "type": "object",
+                            "properties": {"limits": LIMITS},
+                            "additionalProperties": False,
+                        }
+                    ),
+                ),
+                "parameters": [_path_param("team")],
+            },
+            "get": {**_op("Team limits (admin)"), "parameters": [_path_param("team")]},
+        },
+        "/v1/admin/usage": {
+            "get": {
+                **_op("Usage totals (admin)"),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": s}
+                    for n, s in (
+                        ("key_id", {"type": "string"}),
+                        ("team", {"type": "string"}),
+                        ("model", {"type": "string"}),
+                        ("since", {"type": "number"}),
+                        ("until", {"type": "number"}),
+                        ("group_by", {"enum": ["key", "model", "team"]}),
+                    )
+                ],
+            }
+        },
+        "/healthz": {"get": _op("Liveness", security=False)},
+        "/readyz": {"get": _op("Readiness of every gRPC dependency", security=False)},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Aqueduct",
+            "version": "1",
+            "description": (
+                "OpenAI-compatible gateway. Every /v1 route is also served without the /v1 prefix."
+            ),
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": ERROR},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+DOCUMENT = orjson.dumps(document())
