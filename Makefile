@@ -49,5 +49,9 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy services edge scripts
 
+# Load test beside LiteLLM on ../shared/bench (about 5 minutes a round).
+bench: setup
+	bash scripts/bench.sh $(ARGS)
+
 clean:
 	rm -rf gen .pytest_cache

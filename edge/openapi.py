@@ -91,6 +91,8 @@ MESSAGE = {
             ]
         },
         "name": {"type": "string"},
+        "tool_calls": {"type": "array", "items": {"type": "object"}},
+        "tool_call_id": {"type": "string", "description": "required on tool messages"},
     },
 }
 RESPONSE_FORMAT = {
@@ -119,7 +121,11 @@ RESPONSE_FORMAT = {
         {
             "type": "object",
             "required": ["type", "grammar"],
-            "properties": {"type": {"const": "grammar"}, "grammar": {"type": "string"}},
+            "properties": {
+                "type": {"const": "grammar"},
+                "grammar": {"type": "string"},
+                "syntax": {"enum": ["gbnf"]},
+            },
         },
     ]
 }
@@ -157,7 +163,7 @@ COMPLETION_REQUEST = {
         },
         "suffix": {"type": "string"},
         "echo": {"type": "boolean"},
-        "best_of": {"type": "integer", "minimum": 1},
+        "best_of": {"type": "integer", "minimum": 1, "maximum": 20},
         "logprobs": {"type": "integer", "minimum": 0, "maximum": 5},
         "response_format": RESPONSE_FORMAT,
         **SAMPLING,

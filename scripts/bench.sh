@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# `make bench`: Aqueduct beside the LiteLLM proxy on the shared load harness
+# (../shared/bench). The harness starts the mock upstreams, pins this gateway
+# (all four processes) to one CPU, samples its CPU and RSS, and stops it.
+# Extra arguments go to compare.py, e.g. `make bench ARGS="--rounds 2 --no-litellm"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${BENCH_DIR:-$(cd ../shared/bench && pwd)}
+WORK=$(mktemp -d /tmp/aqueduct-bench.XXXXXX)
+PORT=${BENCH_PORT:-18080}
+KEY=sk-aq-bench-$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+cat > "$WORK/models.yaml" <<YAML
+models:
+  - name: mock
+    backend: openai
+    upstreams: [{url: "http://127.0.0.1:18001/v1", api_key: bench}]
+  - name: mock-slow
+    backend: openai
+    upstreams: [{url: "http://127.0.0.1:18002/v1", api_key: bench}]
+YAML
+bash "$BENCH/setup.sh"
+export GW_NAME=aqueduct
+export GW_CMD="env AQUEDUCT_DATA_DIR=$WORK AQUEDUCT_MODELS_CONFIG=$WORK/models.yaml \
+AQUEDUCT_BOOTSTRAP_KEY=$KEY AQUEDUCT_HTTP_PORT=$PORT AQUEDUCT_LOG_LEVEL=WARNING \
+$PWD/.venv/bin/python -m scripts.run"
+exec "$BENCH/compare.sh" "http://127.0.0.1:$PORT/v1" "$KEY" mock mock-slow - "$@"
