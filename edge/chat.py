@@ -156,6 +156,7 @@ async def read_message(call: Call, usage: Usage) -> Message:
         usage.mark_first_token()
         usage.model = message.deltas.model or usage.model
         usage.streamed_chars += sum(len(d.content) for d in message.deltas.deltas)
+        usage.streamed_tokens += sum(d.tokens for d in message.deltas.deltas)
     return message
 
 

@@ -611,6 +611,8 @@ class ChoiceText:
 
 def gather(choices: dict[int, ChoiceText], batch: pb.DeltaBatch) -> None:
     for delta in batch.deltas:
+        if not (delta.content or delta.logprobs or delta.tool_calls):
+            continue  # a token whose text is still held back (a possible stop): nothing to show
         choice = choices.setdefault(delta.choice_index, ChoiceText([], []))
         choice.parts.append(delta.content)
         choice.logprobs.extend(delta.logprobs)

@@ -70,6 +70,7 @@ class Usage:
     error_code: str = ""
     completed: bool = False  # the summary arrived: token counts are exact
     streamed_chars: int = 0  # text received so far, for an estimate if cut short
+    streamed_tokens: int = 0  # tokens the deltas reported, exact when the backend counts
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
@@ -85,7 +86,7 @@ class Usage:
         elif not self.completed and not self.error_code:
             self.failed(CLIENT_GONE)
         if not self.completed:
-            self.output_tokens = estimate_tokens(self.streamed_chars)
+            self.output_tokens = self.streamed_tokens or estimate_tokens(self.streamed_chars)
 
     def record(self, principal: pb.Principal) -> pb.UsageRecord:
         now = time.monotonic()

@@ -118,6 +118,7 @@ class Delta:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    tokens: int = 0  # generated tokens this text came from
 
 
 @dataclass(frozen=True, slots=True)

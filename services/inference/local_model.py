@@ -289,7 +289,7 @@ class LocalChatModel:
             ranked.sort(key=lambda entry: entry[0], reverse=True)
             for k, (_, held, reason) in enumerate(ranked[:n]):
                 for delta in held:
-                    job.emit(Delta(p * n + k, delta.text, delta.logprobs))
+                    job.emit(Delta(p * n + k, delta.text, delta.logprobs, tokens=delta.tokens))
                 reasons[p * n + k] = reason
         return Finish(reasons, prompt_total, produced_total)
 
@@ -394,8 +394,7 @@ class LocalChatModel:
                 if sampling.logprobs:
                     logprobs = (entry,)
             text, stopped = stops.feed(decoder.decode(piece))
-            if text or logprobs:
-                emit(Delta(index, text, logprobs))
+            emit(Delta(index, text, logprobs, tokens=1))  # also when held back: it counts
             if stopped:
                 reason, hit_stop = "stop", True
                 break
@@ -470,9 +469,10 @@ class LocalChatModel:
 
 def merge_deltas(deltas: list[Delta]) -> list[Delta]:
     """One delta per choice, in order of first appearance: what one read carries."""
-    merged: dict[int, tuple[list[str], list[TokenLogprob]]] = {}
+    merged: dict[int, tuple[list[str], list[TokenLogprob], list[int]]] = {}
     for delta in deltas:
-        texts, logprobs = merged.setdefault(delta.choice_index, ([], []))
+        texts, logprobs, tokens = merged.setdefault(delta.choice_index, ([], [], []))
         texts.append(delta.text)
         logprobs.extend(delta.logprobs)
-    return [Delta(i, "".join(t), tuple(lp)) for i, (t, lp) in merged.items()]
+        tokens.append(delta.tokens)
+    return [Delta(i, "".join(t), tuple(lp), tokens=sum(n)) for i, (t, lp, n) in merged.items()]

@@ -291,6 +291,7 @@ class ChatChunks:
                 "".join(texts.get(i, [])),
                 tuple(self._logprobs.get(i, [])),
                 tuple(self._tool_calls.get(i, [])),
+                tokens=len(texts.get(i, [])),  # one token per event, as upstreams stream
             )
             for i in indexes
         ]

@@ -126,6 +126,7 @@ def delta_message(delta: Delta) -> pb.Delta:
     return pb.Delta(
         choice_index=delta.choice_index,
         content=delta.text,
+        tokens=delta.tokens,
         logprobs=[
             pb.TokenLogprob(
                 token=lp.token,

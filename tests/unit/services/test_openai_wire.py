@@ -41,7 +41,7 @@ def test_chat_payload_always_streams_with_usage_and_only_set_parameters() -> Non
 
 def test_chunks_of_one_read_merge_into_one_delta_per_choice() -> None:
     chunks = wire.ChatChunks("m")
-    assert chunks.feed([chunk("Hel"), chunk("lo")]) == [Delta(0, "Hello")]
+    assert chunks.feed([chunk("Hel"), chunk("lo")]) == [Delta(0, "Hello", tokens=2)]
     assert chunks.feed([chunk(finish="length")]) == []
     chunks.feed(
         [orjson.dumps({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})]
@@ -102,7 +102,7 @@ def test_a_whole_completion_is_accepted() -> None:
         "choices": [{"index": 0, "message": {"content": "hey"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1},
     }
-    assert chunks.completion(orjson.dumps(body)) == [Delta(0, "hey")]
+    assert chunks.completion(orjson.dumps(body)) == [Delta(0, "hey", tokens=1)]
     assert chunks.finish(REQUEST).prompt_tokens == 3
 
 
