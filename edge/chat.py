@@ -112,9 +112,8 @@ class ChatHandler:
                     headers,
                     on_close=lambda: finish_request(self.limiter, admission, usage, None, call),
                 )
-            body = await until_disconnect(
-                request.receive, _collect(call, meta, usage, chat.request.sampling.logprobs)
-            )
+            choices, summary = await until_disconnect(request.receive, collect(call, meta, usage))
+            body = completion_json(meta, choices, summary, chat.request.sampling.logprobs)
         except ApiError as error:
             finish_request(self.limiter, admission, usage, error, call)
             error.headers.update(headers)
@@ -179,12 +178,15 @@ async def sse_events(call: Call, writer: Writer, usage: Usage) -> AsyncGenerator
         yield error_event(error)
 
 
-async def _collect(call: Call, meta: Completion, usage: Usage, logprobs: bool) -> bytes:
+async def collect(
+    call: Call, meta: Completion, usage: Usage
+) -> tuple[dict[int, ChoiceText], pb.Summary]:
+    """A whole non-streamed answer: each choice's text, then the summary."""
     choices: dict[int, ChoiceText] = {}
     while True:
         message = await read_message(call, usage)
         if message.HasField("summary"):
-            return completion_json(meta, choices, message.summary, logprobs)
+            return choices, message.summary
         if message.deltas.model:
             meta.model = message.deltas.model
             meta.provider = message.deltas.provider

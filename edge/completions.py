@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge.auth import Authenticator, require_model_access
-from edge.chat import Call, finish_request, read_message, render, sse_events
-from edge.chat_protocol import ChoiceText, Completion, gather
+from edge.chat import Call, collect, finish_request, read_message, render, sse_events
+from edge.chat_protocol import Completion
 from edge.completions_protocol import (
     CompletionWriter,
     completion_json,
@@ -76,22 +76,11 @@ class CompletionsHandler:
                     headers,
                     on_close=lambda: finish_request(self.limiter, admission, usage, None, call),
                 )
-            body = await until_disconnect(request.receive, _collect(call, meta, usage, logprobs))
+            choices, summary = await until_disconnect(request.receive, collect(call, meta, usage))
+            body = completion_json(meta, choices, summary, logprobs)
         except ApiError as error:
             finish_request(self.limiter, admission, usage, error, call)
             error.headers.update(headers)
             raise
         finish_request(self.limiter, admission, usage, None, call)
         return json_response(body, headers=headers)
-
-
-async def _collect(call: Call, meta: Completion, usage: Usage, logprobs: bool) -> bytes:
-    choices: dict[int, ChoiceText] = {}
-    while True:
-        message = await read_message(call, usage)
-        if message.HasField("summary"):
-            return completion_json(meta, choices, message.summary, logprobs)
-        if message.deltas.model:
-            meta.model = message.deltas.model
-            meta.provider = message.deltas.provider
-        gather(choices, message.deltas)
