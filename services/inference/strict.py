@@ -31,15 +31,19 @@ def output_problem(text: str, schema: dict[str, Any]) -> str | None:
     return f"at {where}: {found.message}"
 
 
-async def checked(
+def checked(
     events: AsyncGenerator[Event | Routed, None], response_format: ResponseFormat
 ) -> AsyncGenerator[Event | Routed, None]:
-    """`events`, with each finished choice's text checked against a strict schema."""
+    """`events`, with each finished choice's text checked against a strict schema
+    (and untouched, with no extra hop per message, when there is nothing to check)."""
     if response_format.type != "json_schema" or not response_format.strict:
-        async with contextlib.aclosing(events):
-            async for event in events:
-                yield event
-        return
+        return events
+    return _checked(events, response_format)
+
+
+async def _checked(
+    events: AsyncGenerator[Event | Routed, None], response_format: ResponseFormat
+) -> AsyncGenerator[Event | Routed, None]:
     schema = orjson.loads(response_format.schema or "{}")
     texts: dict[int, list[str]] = {}
     model = ""
