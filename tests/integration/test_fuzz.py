@@ -123,6 +123,50 @@ def test_chat_completions_never_5xx_and_never_hang(stack: Stack, body: dict[str,
     check(answer)
 
 
+def completion_body() -> st.SearchStrategy[dict[str, Any]]:
+    prompt = st.one_of(
+        st.text(max_size=30),
+        st.lists(st.text(max_size=10), max_size=3),
+        st.lists(st.integers(-5, 60000), max_size=5),
+        st.lists(st.lists(st.integers(-5, 60000), max_size=4), max_size=2),
+        json_any,
+    )
+    return st.fixed_dictionaries(
+        {"max_tokens": small_tokens},
+        optional={
+            "model": st.one_of(st.just(MODEL), json_any),
+            "prompt": prompt,
+            "suffix": json_any,
+            "echo": json_any,
+            "best_of": st.one_of(st.integers(-1, 3), json_any),
+            "n": st.one_of(st.integers(-1, 3), json_any),
+            "logprobs": st.one_of(st.integers(-1, 6), json_any),
+            "stream": st.one_of(st.booleans(), json_any),
+            "stop": json_any,
+            "seed": json_any,
+            "temperature": st.one_of(st.floats(-1, 3), json_any),
+            "logit_bias": json_any,
+            "response_format": json_any,
+        },
+    )
+
+
+@FUZZ
+@given(body=completion_body())
+def test_completions_never_5xx_and_never_hang(stack: Stack, body: dict[str, Any]) -> None:
+    with httpx.stream(
+        "POST", f"{stack.base_url}/v1/completions", headers=AUTH, json=body, timeout=30
+    ) as answer:
+        if answer.status_code == 200 and answer.headers["content-type"].startswith(
+            "text/event-stream"
+        ):
+            lines = [line for line in answer.iter_lines() if line]
+            assert lines[-1] == "data: [DONE]" or lines[-1].startswith('data: {"error"')
+            return
+        answer.read()
+    check(answer)
+
+
 @FUZZ
 @given(
     body=st.fixed_dictionaries(
@@ -150,7 +194,7 @@ def test_embeddings_never_5xx(stack: Stack, body: dict[str, Any]) -> None:
     [b"", b"{", b"[]", b"null", b'"x"', b"1e999", b'{"model": NaN}', b"\xff\xfe", b'{"a":' * 5000],
 )
 def test_raw_bodies_never_5xx(stack: Stack, raw: bytes) -> None:
-    for path in ("/v1/chat/completions", "/v1/embeddings"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         check(
             httpx.post(
                 f"{stack.base_url}{path}",
