@@ -9,6 +9,7 @@ all four cleanly.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ from services.common.config import DEFAULT_ADDRESSES
 SERVICES = ("auth", "files", "inference", "edge")
 STOP_GRACE_S = 10.0
 READY_TIMEOUT_S = 120.0
+DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 def _free(address: str) -> bool:
@@ -85,11 +87,26 @@ def _edge_ready(base: str) -> bool:
         return False
 
 
+def first_model(base: str, secret: str) -> str:
+    """The first model the edge lists (the models file's order), for the curl line."""
+    request = urllib.request.Request(
+        f"{base}/v1/models", headers={"Authorization": f"Bearer {secret}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return str(json.load(answer)["data"][0]["id"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError):
+        return DEFAULT_MODEL
+
+
 def announce(env: dict[str, str], base: str, children: dict[str, subprocess.Popen[bytes]]) -> None:
+    key_file = Path(env["AQUEDUCT_DATA_DIR"]) / "bootstrap-key"
     if env.get("AQUEDUCT_BOOTSTRAP_KEY"):
-        key = "$AQUEDUCT_BOOTSTRAP_KEY"
+        key, secret = "$AQUEDUCT_BOOTSTRAP_KEY", env["AQUEDUCT_BOOTSTRAP_KEY"]
     else:
-        key = f"$(cat {Path(env['AQUEDUCT_DATA_DIR']) / 'bootstrap-key'})"
+        key = f"$(cat {key_file})"
+        secret = key_file.read_text().strip() if key_file.is_file() else ""
+    model = first_model(base, secret)
     lines = [f"  edge       http  {base}/v1  (pid {children['edge'].pid})"] + [
         f"  {s:<10} grpc  {env[f'AQUEDUCT_{s.upper()}_ADDR']}  (pid {children[s].pid})"
         for s in ("auth", "files", "inference")
@@ -99,7 +116,7 @@ def announce(env: dict[str, str], base: str, children: dict[str, subprocess.Pope
         f"\nAqueduct is ready.\n{listing}\n\n"
         f"Try it:\n  curl {base}/v1/chat/completions \\\n"
         f"    -H \"Authorization: Bearer {key}\" -H 'Content-Type: application/json' \\\n"
-        '    -d \'{"model": "smollm2-135m-instruct", '
+        f'    -d \'{{"model": "{model}", '
         '"messages": [{"role": "user", "content": "Say hello"}]}\'\n',
         flush=True,
     )

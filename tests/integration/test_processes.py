@@ -141,6 +141,7 @@ def test_make_run_supervisor_serves_and_stops_cleanly(tmp_path: Path) -> None:
         key = key_file.read_text().strip()
         assert key.startswith("sk-aq-") and key in log.read_text()  # printed once, at creation
         assert "curl " in log.read_text()
+        assert '"model": "smollm2-135m-instruct"' in log.read_text()  # the first served model
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
         reply = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
