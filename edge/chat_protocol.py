@@ -609,6 +609,24 @@ class ChoiceText:
     tool_calls: dict[int, pb.ToolCallDelta] = field(default_factory=dict)
 
 
+def sse_chunk(
+    meta: Completion, kind: str, choices: list[dict[str, Any]], include_usage: bool, usage: object
+) -> bytes:
+    """One `data:` event of a stream (chat or text completion); `usage` only when asked."""
+    chunk: dict[str, Any] = {
+        "id": meta.id,
+        "object": kind,
+        "created": meta.created,
+        "model": meta.model,
+        "provider": meta.provider or None,
+        "system_fingerprint": None,
+        "choices": choices,
+    }
+    if include_usage:
+        chunk["usage"] = usage
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
 def gather(choices: dict[int, ChoiceText], batch: pb.DeltaBatch) -> None:
     for delta in batch.deltas:
         if not (delta.content or delta.logprobs or delta.tool_calls):
@@ -699,18 +717,7 @@ class ChatWriter:
         self.logprobs = logprobs
 
     def _chunk(self, choices: list[dict[str, Any]], usage: object = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self.meta.id,
-            "object": "chat.completion.chunk",
-            "created": self.meta.created,
-            "model": self.meta.model,
-            "provider": self.meta.provider or None,
-            "system_fingerprint": None,
-            "choices": choices,
-        }
-        if self.include_usage:
-            chunk["usage"] = usage
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return sse_chunk(self.meta, "chat.completion.chunk", choices, self.include_usage, usage)
 
     def start(self) -> bytes:
         """The first event of each choice: the assistant role, as OpenAI sends it."""

@@ -22,6 +22,7 @@ from edge.chat_protocol import (
     gather,
     parse_fallback_models,
     parse_sampling,
+    sse_chunk,
     usage_json,
 )
 from edge.errors import invalid
@@ -238,18 +239,7 @@ class CompletionWriter:
         self._choices: dict[int, ChoiceLogprobs] = {}
 
     def _chunk(self, choices: list[dict[str, Any]], usage: object = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self.meta.id,
-            "object": "text_completion",
-            "created": self.meta.created,
-            "model": self.meta.model,
-            "provider": self.meta.provider or None,
-            "system_fingerprint": None,
-            "choices": choices,
-        }
-        if self.include_usage:
-            chunk["usage"] = usage
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return sse_chunk(self.meta, "text_completion", choices, self.include_usage, usage)
 
     def deltas(self, batch: pb.DeltaBatch) -> bytes:
         choices: dict[int, ChoiceText] = {}
