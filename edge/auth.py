@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -149,15 +149,21 @@ class Authenticator:
             del self._cache[next(iter(self._cache))]
 
 
-def require_model_access(principal: pb.Principal, model: str) -> None:
-    if principal.allowed_models and model not in principal.allowed_models:
-        raise ApiError(
-            403,
-            f"This API key may not use the model '{model}'.",
-            type="permission_error",
-            param="model",
-            code="model_not_allowed",
-        )
+def require_model_access(
+    principal: pb.Principal, model: str, fallbacks: Sequence[str] = ()
+) -> None:
+    """The key may use `model` and every fallback it names (each could serve)."""
+    if not principal.allowed_models:
+        return
+    for wanted in (model, *fallbacks):
+        if wanted not in principal.allowed_models:
+            raise ApiError(
+                403,
+                f"This API key may not use the model '{wanted}'.",
+                type="permission_error",
+                param="model" if wanted == model else "models",
+                code="model_not_allowed",
+            )
 
 
 def require_admin(principal: pb.Principal) -> None:

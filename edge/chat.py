@@ -68,8 +68,7 @@ class ChatHandler:
         rid = request_id(request)
         principal = await self.authenticator.authenticate(request.headers, rid)
         chat = parse_chat_request(await read_json(request, self.max_body_bytes))
-        for model in (chat.request.model, *chat.request.fallback_models):
-            require_model_access(principal, model)
+        require_model_access(principal, chat.request.model, chat.request.fallback_models)
         # File parts -> text (edge/file_parts.py): after parsing, before inference.
         if chat.pending and self.file_parts is not None:
             await self.file_parts.resolve(chat, team_of(principal), rid)

@@ -77,7 +77,8 @@ class ChatCall:
     pending: tuple[PendingContent, ...] = ()
 
 
-def parse_chat_request(body: object) -> ChatCall:
+def object_with_model(body: object) -> tuple[dict[str, Any], str]:
+    """The body as a JSON object and its `model`; what every endpoint checks first."""
     if not isinstance(body, dict):
         raise invalid(None, "The request body must be a JSON object.", "invalid_type")
     model = body.get("model")
@@ -87,6 +88,11 @@ def parse_chat_request(body: object) -> ChatCall:
             "'model' is required and must be a non-empty string.",
             "missing_required_parameter" if model is None else "invalid_type",
         )
+    return body, model
+
+
+def parse_chat_request(raw: object) -> ChatCall:
+    body, model = object_with_model(raw)
     parsed = [_parse_message(index, m) for index, m in enumerate(_messages(body))]
     messages = [message for message, _ in parsed]
     pending = tuple(

@@ -44,8 +44,7 @@ class CompletionsHandler:
         principal = await self.authenticator.authenticate(request.headers, rid)
         parsed = parse_completion_request(await read_json(request, self.max_body_bytes))
         message = parsed.request
-        for model in (message.model, *message.fallback_models):
-            require_model_access(principal, model)
+        require_model_access(principal, message.model, message.fallback_models)
         usage = Usage(
             rid,
             message.model,

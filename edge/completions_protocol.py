@@ -20,6 +20,7 @@ from edge.chat_protocol import (
     ChoiceText,
     Completion,
     gather,
+    object_with_model,
     parse_fallback_models,
     parse_sampling,
     sse_chunk,
@@ -43,16 +44,8 @@ class CompletionCall:
     logprobs: int | None  # None: no log probabilities in the answer
 
 
-def parse_completion_request(body: object) -> CompletionCall:
-    if not isinstance(body, dict):
-        raise invalid(None, "The request body must be a JSON object.", "invalid_type")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid(
-            "model",
-            "'model' is required and must be a non-empty string.",
-            "missing_required_parameter" if model is None else "invalid_type",
-        )
+def parse_completion_request(raw: object) -> CompletionCall:
+    body, model = object_with_model(raw)
     prompts = _prompts(body.get("prompt"))
     for name in sorted(UNSUPPORTED_PARAMS | TOOL_PARAMS):
         if body.get(name) not in (None, [], {}):

@@ -36,9 +36,7 @@ class EmbeddingsHandler:
         rid = request_id(request)
         principal = await self.authenticator.authenticate(request.headers, rid)
         call = parse_embeddings_request(await read_json(request, self.max_body_bytes))
-        require_model_access(principal, call.request.model)
-        for model in call.request.fallback_models:
-            require_model_access(principal, model)
+        require_model_access(principal, call.request.model, call.request.fallback_models)
         usage = Usage(
             rid,
             call.request.model,

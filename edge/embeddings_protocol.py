@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
-from edge.chat_protocol import parse_fallback_models
+from edge.chat_protocol import object_with_model, parse_fallback_models
 from edge.errors import invalid
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
@@ -29,16 +29,8 @@ class EmbeddingsCall:
     base64: bool  # encoding_format "base64"
 
 
-def parse_embeddings_request(body: object) -> EmbeddingsCall:
-    if not isinstance(body, dict):
-        raise invalid(None, "The request body must be a JSON object.", "invalid_type")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid(
-            "model",
-            "'model' is required and must be a non-empty string.",
-            "missing_required_parameter" if model is None else "invalid_type",
-        )
+def parse_embeddings_request(raw: object) -> EmbeddingsCall:
+    body, model = object_with_model(raw)
     request = pb.CreateEmbeddingsRequest(
         model=model, inputs=_inputs(body.get("input")), fallback_models=parse_fallback_models(body)
     )

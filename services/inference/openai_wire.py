@@ -29,6 +29,7 @@ from services.inference.generation import (
     Finish,
     Message,
     ResponseFormat,
+    Sampling,
     TokenLogprob,
     ToolCallDelta,
     TopLogprob,
@@ -69,18 +70,7 @@ def chat_payload(request: ChatRequest, upstream_model: str) -> bytes:
         "stream_options": {"include_usage": True},  # always: the ledger needs it
     }
     s = request.sampling
-    for name, value in (
-        ("max_tokens", s.max_tokens),
-        ("temperature", s.temperature),
-        ("top_p", s.top_p),
-        ("seed", s.seed),
-        ("presence_penalty", s.presence_penalty),
-        ("frequency_penalty", s.frequency_penalty),
-    ):
-        if value is not None:
-            body[name] = value
-    if s.stops:
-        body["stop"] = list(s.stops)
+    _add_sampling(body, s)
     if request.user:
         body["user"] = request.user
     if s.n != 1:
@@ -384,19 +374,9 @@ def completion_payload(request: CompletionRequest, upstream_model: str) -> bytes
     }
     if streams:
         body["stream_options"] = {"include_usage": True}
-    for name, value in (
-        ("max_tokens", s.max_tokens),
-        ("temperature", s.temperature),
-        ("top_p", s.top_p),
-        ("seed", s.seed),
-        ("presence_penalty", s.presence_penalty),
-        ("frequency_penalty", s.frequency_penalty),
-        ("best_of", request.best_of),
-    ):
-        if value is not None:
-            body[name] = value
-    if s.stops:
-        body["stop"] = list(s.stops)
+    _add_sampling(body, s)
+    if request.best_of is not None:
+        body["best_of"] = request.best_of
     if s.n != 1:
         body["n"] = s.n
     if s.logprobs:
@@ -562,3 +542,19 @@ def _error_message(body: bytes) -> tuple[str, str | None]:
         if isinstance(answer.get(key), str):
             return answer[key][:MAX_ERROR_MESSAGE], None
     return "", None
+
+
+def _add_sampling(body: dict[str, Any], s: Sampling) -> None:
+    """The sampling fields both chat and text completions send, when set."""
+    for name, value in (
+        ("max_tokens", s.max_tokens),
+        ("temperature", s.temperature),
+        ("top_p", s.top_p),
+        ("seed", s.seed),
+        ("presence_penalty", s.presence_penalty),
+        ("frequency_penalty", s.frequency_penalty),
+    ):
+        if value is not None:
+            body[name] = value
+    if s.stops:
+        body["stop"] = list(s.stops)

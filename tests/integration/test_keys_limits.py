@@ -364,6 +364,7 @@ def test_fallback_models_need_access_too(stack: Stack) -> None:
     )
     assert answer.status_code == 403
     assert MODEL in answer.json()["error"]["message"]
+    assert answer.json()["error"]["param"] == "models"
 
 
 def test_embeddings_are_limited_and_recorded(stack: Stack) -> None:
