@@ -1,0 +1,95 @@
+"""The edge's limiter: local admission for unlimited keys, batched and retried settles."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from aqueduct.auth.v1 import auth_pb2 as pb
+from grpc.aio import AioRpcError, Metadata
+
+from edge import limits
+from edge.limits import Limiter, Usage
+
+
+class FakeAuth:
+    """Stands in for the auth stub: records calls, can fail the first settles."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.reserves: list[pb.ReserveQuotaRequest] = []
+        self.batches: list[list[str]] = []
+        self.failures = failures
+
+    async def ReserveQuota(
+        self, request: pb.ReserveQuotaRequest, **_: Any
+    ) -> pb.ReserveQuotaResponse:
+        self.reserves.append(request)
+        return pb.ReserveQuotaResponse(
+            reservation=pb.Reservation(id="r-limited"),
+            requests=pb.RateLimitStatus(limited=True, limit=10, remaining=9, reset_s=6),
+        )
+
+    async def SettleQuotas(
+        self, request: pb.SettleQuotasRequest, **_: Any
+    ) -> pb.SettleQuotasResponse:
+        await asyncio.sleep(0.01)  # a round trip, while more settles queue up
+        if self.failures:
+            self.failures -= 1
+            raise AioRpcError(grpc.StatusCode.UNAVAILABLE, Metadata(), Metadata(), "down")
+        self.batches.append([s.usage.request_id for s in request.settles])
+        return pb.SettleQuotasResponse()
+
+
+FREE = pb.Principal(key_id="k1", team="t")
+LIMITED = pb.Principal(key_id="k2", team="t", limits=pb.Limits(rpm=10))
+
+
+def test_keys_without_limits_are_admitted_without_asking_auth() -> None:
+    auth = FakeAuth()
+
+    async def scenario() -> None:
+        limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
+        admission = await limiter.reserve(FREE, 10, None, "rid")
+        assert admission.reservation.output_tokens == 64 and admission.headers == {}
+        limited = await limiter.reserve(LIMITED, 10, 5, "rid")
+        assert limited.headers["x-ratelimit-limit-requests"] == "10"
+
+    asyncio.run(scenario())
+    assert [r.key_id for r in auth.reserves] == ["k2"]
+
+
+def test_settles_queue_while_one_call_is_in_flight_and_all_arrive() -> None:
+    auth = FakeAuth()
+
+    async def scenario() -> None:
+        limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
+        admission = await limiter.reserve(LIMITED, 10, 5, "rid")
+        for i in range(5):
+            limiter.settle(admission, Usage(f"r{i}", "m", False, ""))
+            await asyncio.sleep(0.004)
+        await limiter.drain()
+
+    asyncio.run(scenario())
+    assert [rid for batch in auth.batches for rid in batch] == [f"r{i}" for i in range(5)]
+    assert len(auth.batches) < 5  # later settles rode along with earlier calls
+
+
+def test_a_failed_settle_is_retried_and_nothing_is_lost(monkeypatch: Any) -> None:
+    auth = FakeAuth(failures=2)
+    monkeypatch.setattr(limits.asyncio, "sleep", _no_wait(asyncio.sleep))
+
+    async def scenario() -> None:
+        limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
+        limiter.settle((await limiter.reserve(FREE, 1, 1, "x")), Usage("only", "m", False, ""))
+        await limiter.drain()
+
+    asyncio.run(scenario())
+    assert auth.batches == [["only"]]
+
+
+def _no_wait(sleep: Any) -> Any:
+    async def quick(seconds: float) -> None:
+        await sleep(min(seconds, 0.01))
+
+    return quick
