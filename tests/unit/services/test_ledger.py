@@ -83,3 +83,27 @@ def test_purge_drops_only_rows_past_retention(store: KeyStore) -> None:
     store.add_usage([row("a", now - 10 * 86400), row("a", now)])
     assert store.purge_usage(now - 86400) == 1
     assert store.usage_totals({}, None)[0]["requests"] == 1
+
+
+def test_rows_survive_a_failed_flush(store: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = store.add_usage, []
+
+    def flaky(rows: list[dict[str, Any]]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise OSError("database unavailable")
+        real(rows)
+
+    monkeypatch.setattr(store, "add_usage", flaky)
+
+    async def scenario() -> None:
+        ledger = UsageLedger(store, retention_days=30)
+        ledger.add(row("a", time.time()))
+        with pytest.raises(OSError):
+            await ledger.flush()
+        ledger.add(row("a", time.time()))
+        await ledger.flush()
+
+    asyncio.run(scenario())
+    assert calls == [1, 2]  # the failed row went again, with the new one
+    assert store.usage_totals({"key_id": "a"}, None)[0]["requests"] == 2
