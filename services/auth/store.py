@@ -12,8 +12,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -31,6 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from services.auth.keys import KeyRecord, Limits
+from services.common import migrations
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "auth_alembic_version"
@@ -117,10 +116,7 @@ class KeyStore:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        config.attributes["engine"] = self.engine
-        command.upgrade(config, "head")
+        migrations.migrate(self.engine, MIGRATIONS, VERSION_TABLE)
 
     def close(self) -> None:
         self.engine.dispose()

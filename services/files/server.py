@@ -50,7 +50,7 @@ class FilesServer(GrpcService):
         swept = await asyncio.to_thread(self.blobs.sweep_incomplete)
         if swept:
             log.info("removed incomplete uploads", extra={"count": swept})
-        await asyncio.to_thread(self.store.create_schema)
+        await asyncio.to_thread(self.store.migrate)
         await self.extractor.warm_up()
         self._purger = asyncio.create_task(self._purge_forever())
 

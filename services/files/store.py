@@ -1,17 +1,28 @@
 """The one place the files service touches its database (SQLAlchemy, sync).
 
 Only metadata lives here; the bytes are in a BlobStore. Calls block, so async
-callers run them in a worker thread.
+callers run them in a worker thread. The schema is managed by Alembic
+(services/files/migrations, version table `files_alembic_version`); `migrate()`
+brings any database up to date at start-up, including one whose `files` table
+was made by `create_all` before there were migrations.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from sqlalchemy import BigInteger, Integer, String, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
 
+from services.common import migrations
 from services.files.records import FileRecord
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "files_alembic_version"
+# The revision whose schema `create_all` used to make, for databases from before Alembic.
+BASELINE = "0001"
 
 
 class Base(DeclarativeBase):
@@ -67,8 +78,10 @@ class FileStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+    def migrate(self) -> None:
+        migrations.migrate(
+            self.engine, MIGRATIONS, VERSION_TABLE, adopt=(StoredFile.__tablename__, BASELINE)
+        )
 
     def close(self) -> None:
         self.engine.dispose()

@@ -58,7 +58,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 @pytest.fixture
 def library(tmp_path: Path, clock: Clock, runner: asyncio.Runner) -> Iterator[FileLibrary]:
     store = FileStore(f"sqlite:///{tmp_path / 'files.db'}")
-    store.create_schema()
+    store.migrate()
     blobs = LocalBlobStore(tmp_path / "files")
     blobs.prepare()
     limits = Limits(max_file_bytes=1 * MB, team_quota_bytes=3 * MB, max_extract_bytes=2 * MB)
