@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -175,6 +176,15 @@ def _upstream(entry: Any, where: str, fail: Any) -> UpstreamSpec:
     url = _string(entry, "url", where, fail, required=True)
     if not url.startswith(("http://", "https://")):
         raise fail(f"{where}.url", "must start with http:// or https://")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError as error:
+        raise fail(f"{where}.url", f"is not a valid URL ({error})") from None
+    if not parts.hostname:
+        raise fail(f"{where}.url", "has no host")
+    if parts.query or parts.fragment:
+        raise fail(f"{where}.url", "must not have a query or fragment")
     api_key = _string(entry, "api_key", where, fail)
     env_name = _string(entry, "api_key_env", where, fail)
     if api_key and env_name:
@@ -183,6 +193,11 @@ def _upstream(entry: Any, where: str, fail: Any) -> UpstreamSpec:
         api_key = os.environ.get(env_name, "")
         if not api_key:
             raise fail(f"{where}.api_key_env", f"environment variable {env_name} is not set")
+    if api_key and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
+        raise fail(
+            f"{where}.api_key_env" if env_name else f"{where}.api_key",
+            "must be printable ASCII without spaces (it is sent in an HTTP header)",
+        )
     return UpstreamSpec(
         url=url.rstrip("/"), api_key=api_key, model=_string(entry, "model", where, fail)
     )

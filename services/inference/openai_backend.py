@@ -27,11 +27,10 @@ from services.inference.upstream import (
     RETRY_ERRORS,
     TRANSPORT_ERRORS,
     UNREADABLE,
-    BodyPump,
     ConnectTimeout,
     PoolOptions,
+    Response,
     Upstream,
-    UpstreamResponse,
     read_limited,
 )
 
@@ -96,12 +95,11 @@ class OpenAIBackend:
     ) -> AsyncGenerator[Event, None]:
         deadline = asyncio.get_running_loop().time() + self.spec.timeout_s
         replica, response = await self._open(path, payload, STREAM_HEADERS, deadline)
-        pump = BodyPump(response, deadline)
         try:
             if response.headers.get("content-type", "").startswith("text/event-stream"):
                 decoder = SseDecoder()
                 while not chunks.done:
-                    read = await pump.take()
+                    read = await response.take()
                     if read is None:
                         deltas = chunks.feed(decoder.close())
                     else:
@@ -111,7 +109,7 @@ class OpenAIBackend:
                     if read is None:
                         break
             else:  # a server that answered JSON although asked to stream
-                body = await pump.read_all(MAX_COMPLETION_BODY, self._too_large)
+                body = await response.read_all(MAX_COMPLETION_BODY, self._too_large)
                 deltas = chunks.completion(body)
                 if deltas:
                     yield deltas
@@ -134,7 +132,7 @@ class OpenAIBackend:
                 f"The connection to the upstream of model '{self.spec.name}' broke mid-stream.",
             ) from None
         finally:
-            await pump.close()
+            response.close()
             self.balancer.release(replica)
         yield finish
 
@@ -163,7 +161,7 @@ class OpenAIBackend:
                 f"The connection to the upstream of model '{self.spec.name}' broke.",
             ) from None
         finally:
-            await response.aclose()
+            response.close()
             self.balancer.release(replica)
         if prompt_tokens is None:
             prompt_tokens = sum(
@@ -177,7 +175,7 @@ class OpenAIBackend:
         body: Callable[[Upstream], bytes],
         headers: dict[str, str],
         deadline: float,
-    ) -> tuple[Replica[Upstream], UpstreamResponse]:
+    ) -> tuple[Replica[Upstream], Response]:
         """A response with a 2xx status from some replica, its load still counted.
 
         Tries each replica at most once; retries only what failed before an
@@ -190,7 +188,7 @@ class OpenAIBackend:
             upstream = replica.target
             try:
                 async with asyncio.timeout_at(deadline):
-                    response = await upstream.post(path, body(upstream), headers)
+                    response = await upstream.post(path, body(upstream), headers, deadline)
             except RETRY_ERRORS as error:  # before TimeoutError: a connect timeout is one too
                 self._failed(replica, repr(error))
                 failure = self._unreachable(error)
@@ -228,7 +226,7 @@ class OpenAIBackend:
                 self.balancer.release(replica)
                 raise
             finally:
-                await response.aclose()
+                response.close()
             if response.status_code >= 500:
                 self._failed(replica, f"HTTP {response.status_code}")
                 if response.status_code in RETRY_STATUSES:

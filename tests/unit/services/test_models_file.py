@@ -86,6 +86,19 @@ def test_contract_example_parses(monkeypatch: pytest.MonkeyPatch) -> None:
             "models[0].fallbacks[0]",
         ),
         ({"models": [{"name": "a", "backend": "local", "timeout_s": -1}]}, "models[0].timeout_s"),
+        *(
+            (
+                {"models": [{"name": "a", "backend": "openai", "upstreams": [upstream]}]},
+                f"models[0].upstreams[0].{key}",
+            )
+            for upstream, key in [
+                ({"url": "http://h:99999/v1"}, "url: is not a valid URL"),
+                ({"url": "http:///v1"}, "url: has no host"),
+                ({"url": "http://h/v1?x=1"}, "url: must not have a query"),
+                ({"url": "http://h", "api_key": "sk-a\r\nx: y"}, "api_key: must be printable"),
+                ({"url": "http://h", "api_key": "sk a"}, "api_key: must be printable"),
+            ]
+        ),
         ({"modelz": []}, "modelz: unknown key"),
         ([], "(top level)"),
     ],
