@@ -1,0 +1,466 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine.
+
+Nothing here builds or starts a container. What can be checked statically is
+checked against the code itself: the variables each container gets are ones its
+own code reads and parses, the edge's addresses lead to the services that
+listen there, and the gRPC healthcheck script is run against a real health server.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import re
+import shlex
+import sys
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy
+import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common.config import DEFAULT_ADDRESSES
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+ENTRY_MODULES = {
+    "auth": "services.auth",
+    "files": "services.files",
+    "inference": "services.inference",
+    "edge": "edge",
+}
+GRPC_SERVICES = ("auth", "files", "inference")
+# What the operator exports before `docker compose up` (README); everything else
+# takes the compose file's defaults.
+OPERATOR_ENV = {"AQUEDUCT_BOOTSTRAP_KEY": "sk-aq-compose-test"}
+ENV_NAME = re.compile(r"AQUEDUCT_[A-Z0-9_]+")
+
+
+# --- compose file --------------------------------------------------------------------
+
+
+def load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+COMPOSE = load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+
+_INTERPOLATION = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR:?error}`, `${VAR:+alt}` and `$$`."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("name") or match.group("bare")
+        op, arg = match.group("op"), match.group("arg") or ""
+        value = environ.get(name)
+        present = value is not None and (value != "" or not (op or "").startswith(":"))
+        if op in ("-", ":-"):
+            return value if present and value is not None else arg
+        if op in ("?", ":?"):
+            if not present or value is None:
+                raise KeyError(f"{name}: {arg}")
+            return value
+        if op in ("+", ":+"):
+            return arg if present else ""
+        return value or ""
+
+    return _INTERPOLATION.sub(replace, value)
+
+
+def environment(service: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's container environment as compose would pass it."""
+    raw = SERVICES[service].get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    operator = OPERATOR_ENV if environ is None else environ
+    return {key: interpolate(str(value), operator) for key, value in raw.items()}
+
+
+def command(service: str) -> list[str]:
+    raw = SERVICES[service]["command"]
+    return shlex.split(raw) if isinstance(raw, str) else [str(part) for part in raw]
+
+
+def service_running(module: str) -> str:
+    names = [
+        name
+        for name in SERVICES
+        if SERVICES[name].get("command") and command(name)[-1:] == [module]
+    ]
+    assert len(names) == 1, f"expected one compose service running {module}, found {names}"
+    return names[0]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in list(os.environ):
+        if name.startswith("AQUEDUCT_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+# --- which variables the code reads --------------------------------------------------
+
+
+def _module_file(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_files(entry: str) -> set[Path]:
+    """The repository's source files a `python -m <entry>` process imports (statically)."""
+    seen: set[Path] = set()
+    todo = [entry, f"{entry}.__main__"]
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages
+        path = _module_file(module)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                todo.append(node.module)
+                todo += [f"{node.module}.{alias.name}" for alias in node.names]
+    return seen
+
+
+def env_names_read(files: set[Path]) -> set[str]:
+    """`AQUEDUCT_*` names that appear as whole string literals in the code, plus the
+    `AQUEDUCT_<SERVICE>_ADDR` names that `f"AQUEDUCT_{service.upper()}_ADDR"` builds."""
+    names: set[str] = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if ENV_NAME.fullmatch(node.value):
+                    names.add(node.value)
+            elif isinstance(node, ast.JoinedStr):
+                texts = [v.value for v in node.values if isinstance(v, ast.Constant)]
+                if texts[:1] == ["AQUEDUCT_"] and texts[-1:] == ["_ADDR"]:
+                    names |= {f"AQUEDUCT_{s.upper()}_ADDR" for s in DEFAULT_ADDRESSES}
+    return names
+
+
+ALL_CODE = {p for d in ("services", "edge", "scripts") for p in (ROOT / d).rglob("*.py")}
+
+
+def test_the_four_aqueduct_services_run_their_module_from_one_image() -> None:
+    images = set()
+    for name, module in ENTRY_MODULES.items():
+        assert name in SERVICES, f"docker-compose.yml has no service {name!r}"
+        assert command(name) == ["python", "-m", module]
+        service = SERVICES[name]
+        build = service["build"]
+        context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+        dockerfile = (
+            "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        )
+        assert context.resolve() == ROOT and (context / dockerfile).resolve() == DOCKERFILE
+        images.add(service.get("image"))
+    assert len(images) == 1, f"the four services should share one image, got {images}"
+
+
+def test_every_aqueduct_variable_in_the_compose_file_is_read_by_the_code() -> None:
+    unknown = set(ENV_NAME.findall(COMPOSE_FILE.read_text())) - env_names_read(ALL_CODE)
+    assert not unknown, f"docker-compose.yml names variables no code reads: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name", sorted(ENTRY_MODULES))
+def test_each_container_gets_only_variables_its_own_process_reads(name: str) -> None:
+    read = env_names_read(imported_files(ENTRY_MODULES[name]))
+    given = {key for key in environment(name) if key.startswith("AQUEDUCT_")}
+    assert given - read == set(), f"{name} is given variables its code never reads"
+
+
+@pytest.mark.parametrize("name", GRPC_SERVICES)
+def test_grpc_services_listen_on_all_interfaces_and_are_not_published(
+    name: str, clean_env: pytest.MonkeyPatch
+) -> None:
+    variable = f"AQUEDUCT_{name.upper()}_ADDR"
+    env = environment(name)
+    assert variable in env, f"{name} must be told where to listen ({variable})"
+    host, _port = split_address(env[variable])
+    # Inside a container 127.0.0.1 (the default) is unreachable from the other containers.
+    assert host == "0.0.0.0"
+    # The gRPC ports carry the admin API without TLS: compose network only.
+    assert "ports" not in SERVICES[name]
+    # The service's own settings accept the whole environment it is given.
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    settings = importlib.import_module(f"services.{name}.config").Settings.from_env()
+    assert settings.address == env[variable]
+
+
+def test_edge_listens_on_all_interfaces_on_the_published_port(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from edge.config import Settings
+
+    for key, value in environment("edge").items():
+        clean_env.setenv(key, value)
+    settings = Settings.from_env()
+    assert settings.host == "0.0.0.0"
+    published = [interpolate(str(p), OPERATOR_ENV) for p in SERVICES["edge"].get("ports", [])]
+    container_ports = {int(p.rsplit(":", 1)[-1].split("/")[0]) for p in published}
+    assert settings.port in container_ports, (
+        f"edge listens on {settings.port}, publishes {published}"
+    )
+
+
+@pytest.mark.parametrize("name", GRPC_SERVICES)
+def test_edge_finds_each_service_where_it_listens(name: str) -> None:
+    from edge.grpc_clients import channel_target
+
+    variable = f"AQUEDUCT_{name.upper()}_ADDR"
+    addresses = [a.strip() for a in environment("edge")[variable].split(",")]
+    target_service = service_running(f"services.{name}")
+    _, listen_port = split_address(environment(target_service)[variable])
+    for address in addresses:
+        host, port = split_address(address)
+        assert host == target_service, f"edge {variable}={address}: no compose service {host!r}"
+        assert port == listen_port, (
+            f"edge dials {address}, {target_service} listens on {listen_port}"
+        )
+    channel_target(addresses)  # the edge accepts the list (one DNS name, or IP literals)
+    assert SERVICES["edge"]["depends_on"][target_service]["condition"] == "service_healthy"
+
+
+def test_shared_state_is_postgres_and_redis_from_this_file() -> None:
+    requirements = (ROOT / "requirements.txt").read_text()
+    for name in ("auth", "files"):
+        raw = environment(name)["AQUEDUCT_DATABASE_URL"]
+        url = sqlalchemy.engine.make_url(raw)
+        assert url.drivername == "postgresql+psycopg"
+        assert re.search(r"^psycopg==", requirements, re.M), "the psycopg driver is not pinned"
+        sqlalchemy.create_engine(url).dispose()  # loads the dialect and driver, no connection
+        assert url.host in SERVICES and SERVICES[url.host]["image"].startswith("postgres:")
+        postgres = environment(url.host)
+        assert url.username == postgres["POSTGRES_USER"]
+        assert url.password == postgres["POSTGRES_PASSWORD"]
+        assert url.database == postgres["POSTGRES_DB"]
+        assert SERVICES[name]["depends_on"][url.host]["condition"] == "service_healthy"
+        # The password follows the operator's POSTGRES_PASSWORD on both sides.
+        other = {**OPERATOR_ENV, "POSTGRES_PASSWORD": "changed"}
+        assert (
+            sqlalchemy.engine.make_url(environment(name, other)["AQUEDUCT_DATABASE_URL"]).password
+            == environment(url.host, other)["POSTGRES_PASSWORD"]
+        )
+    redis_url = sqlalchemy.engine.make_url(environment("auth")["AQUEDUCT_REDIS_URL"])
+    assert redis_url.drivername == "redis"
+    assert redis_url.host in SERVICES and SERVICES[redis_url.host]["image"].startswith("redis:")
+    assert SERVICES["auth"]["depends_on"][redis_url.host]["condition"] == "service_healthy"
+
+
+def test_bootstrap_key_comes_from_the_operator_environment() -> None:
+    assert environment("auth")["AQUEDUCT_BOOTSTRAP_KEY"] == OPERATOR_ENV["AQUEDUCT_BOOTSTRAP_KEY"]
+    with pytest.raises(KeyError, match="AQUEDUCT_BOOTSTRAP_KEY"):
+        environment("auth", {})  # unset: compose refuses to start rather than use a known key
+
+
+def test_files_data_dir_is_a_named_volume() -> None:
+    env = environment("files")
+    storage = Path(env.get("AQUEDUCT_FILES_DIR") or Path(env["AQUEDUCT_DATA_DIR"]) / "files")
+    assert storage.is_absolute(), "a relative data dir would land in /app, not on the volume"
+    mounts = {}
+    for volume in SERVICES["files"].get("volumes", []):
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume["source"], volume["target"]
+        mounts[Path(target)] = source
+    holding = [t for t in mounts if storage == t or t in storage.parents]
+    assert holding, f"{storage} is not on any volume of the files service"
+    assert mounts[holding[0]] in COMPOSE.get("volumes", {}), "use a named, declared volume"
+
+
+def test_every_dependency_has_a_healthcheck_to_wait_for() -> None:
+    for name, service in SERVICES.items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        for dependency, rule in (service.get("depends_on") or {}).items():
+            assert dependency in SERVICES, f"{name} depends on unknown {dependency}"
+            assert rule["condition"] == "service_healthy"
+
+
+def test_edge_healthcheck_asks_the_edge_on_its_port() -> None:
+    test = " ".join(str(part) for part in SERVICES["edge"]["healthcheck"]["test"])
+    urls = re.findall(r"https?://[^\s\"']+", test)
+    assert len(urls) == 1
+    match = re.fullmatch(r"https?://(127\.0\.0\.1|localhost):(\d+)/(readyz|healthz)", urls[0])
+    assert match, f"unexpected edge healthcheck URL {urls[0]}"
+    assert int(match.group(2)) == int(environment("edge").get("AQUEDUCT_HTTP_PORT", "8000"))
+
+
+@pytest.fixture(scope="module")
+def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port, servicer
+    server.stop(None)
+
+
+@pytest.mark.parametrize("name", GRPC_SERVICES)
+def test_grpc_healthcheck_reports_what_the_service_reports(
+    name: str,
+    health_server: tuple[int, health.HealthServicer],
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    port, servicer = health_server
+    test = [str(part) for part in SERVICES[name]["healthcheck"]["test"]]
+    assert test[:3] == ["CMD", "python", "-c"], test[:3]
+    script, args = test[3], test[4:]
+    # The script finds the port through the service's own address variable.
+    variable = f"AQUEDUCT_{name.upper()}_ADDR"
+    assert args == [variable]
+    listen = environment(name)[variable]
+    clean_env.setenv(variable, listen.replace(str(split_address(listen)[1]), str(port)))
+    clean_env.setattr(sys, "argv", ["-c", *args])
+
+    def exit_code() -> object:
+        with pytest.raises(SystemExit) as stopped:
+            exec(compile(script, f"<{name} healthcheck>", "exec"), {"__name__": "__main__"})
+        return stopped.value.code
+
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    assert exit_code() in (0, None)
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert exit_code() not in (0, None)
+
+
+# --- Dockerfile ----------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """Instructions as (KEYWORD, arguments), continuation lines joined, grouped by FROM."""
+    lines: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        if raw.lstrip().startswith("#"):
+            continue
+        if raw.rstrip().endswith("\\"):
+            pending += raw.rstrip()[:-1] + " "
+            continue
+        line = (pending + raw).strip()
+        pending = ""
+        if line:
+            lines.append(line)
+    arguments: dict[str, str] = {}
+    stages: list[list[tuple[str, str]]] = []
+    for line in lines:
+        keyword, _, rest = line.partition(" ")
+        keyword, rest = keyword.upper(), rest.strip()
+        if keyword == "ARG" and not stages and "=" in rest:
+            name, _, default = rest.partition("=")
+            arguments[name] = default.strip('"')
+        if keyword == "FROM":
+            rest = re.sub(r"\$\{?(\w+)\}?", lambda m: arguments.get(m.group(1), m.group(0)), rest)
+            stages.append([])
+        if stages:
+            stages[-1].append((keyword, rest))
+    return stages
+
+
+STAGES = dockerfile_stages()
+BUILD, RUNTIME = STAGES[0], STAGES[-1]
+
+
+def joined(stage: list[tuple[str, str]], keyword: str) -> str:
+    return "\n".join(rest for kw, rest in stage if kw == keyword)
+
+
+def copy_sources(stage: list[tuple[str, str]], from_stage: bool) -> list[str]:
+    sources = []
+    for keyword, rest in stage:
+        if keyword != "COPY":
+            continue
+        words = shlex.split(rest)
+        flags = [w for w in words if w.startswith("--")]
+        if any(f.startswith("--from") for f in flags) == from_stage:
+            sources += [w for w in words if not w.startswith("--")][:-1]
+    return sources
+
+
+def test_every_stage_uses_the_python_311_slim_bookworm_base() -> None:
+    assert len(STAGES) >= 1
+    for stage in STAGES:
+        image = stage[0][1].split()[0]
+        assert image == "python:3.11-slim-bookworm", image
+
+
+def test_dockerfile_copies_files_that_exist() -> None:
+    for stage in STAGES:
+        for source in copy_sources(stage, from_stage=False):
+            assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+            ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
+            assert source.rstrip("/") not in ignored, f"{source} is excluded by .dockerignore"
+
+
+def test_dockerfile_installs_both_requirements_files_like_the_makefile() -> None:
+    assert {"requirements.txt", "requirements-nodeps.txt"} <= set(copy_sources(BUILD, False))
+    run = joined(BUILD, "RUN")
+    assert re.search(r"pip install [^&\n]*-r requirements\.txt", run)
+    assert re.search(r"pip install [^&\n]*--no-deps [^&\n]*-r requirements-nodeps\.txt", run)
+    assert "build-essential" in run and "cmake" in run, "llama-cpp-python compiles from source"
+    makefile_flags = re.search(r'CMAKE_ARGS="([^"]*)"', (ROOT / "Makefile").read_text())
+    assert makefile_flags
+    cmake_args = joined(BUILD, "ARG") + "\n" + joined(BUILD, "ENV") + "\n" + run
+    assert f'CMAKE_ARGS="{makefile_flags.group(1)}"' in cmake_args
+
+
+def test_dockerfile_generates_the_grpc_code() -> None:
+    run = joined(BUILD, "RUN")
+    if re.search(r"\bmake proto\b", run):
+        assert re.search(r"^proto:", (ROOT / "Makefile").read_text(), re.M)
+        copied = set(copy_sources(BUILD, from_stage=False))
+        assert {"Makefile", "proto"} <= copied, "make proto needs the Makefile and proto/"
+    else:
+        assert "grpc_tools.protoc" in run and "-I proto" in run and "--grpc_python_out" in run
+
+
+def test_runtime_image_has_the_venv_the_generated_code_and_the_services() -> None:
+    from_build = set(copy_sources(RUNTIME, from_stage=True))
+    assert {"/app/.venv", "/app/gen"} <= from_build, from_build
+    assert {"services", "edge"} <= set(copy_sources(RUNTIME, from_stage=False))
+    assert re.search(r"PATH=/app/\.venv/bin:", joined(RUNTIME, "ENV")), (
+        "`python` must be the venv's"
+    )
+    assert ("WORKDIR", "/app") in RUNTIME
+    # llama.cpp's shared libraries link OpenMP; the slim base image does not have it.
+    assert "libgomp1" in joined(RUNTIME, "RUN")
+
+
+def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
+    ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
+    assert {".venv", "gen", "var", ".git"} <= ignored
