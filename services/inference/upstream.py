@@ -53,6 +53,10 @@ class Upstream:
             "content-type: application/json\r\nuser-agent: aqueduct\r\n"
         )
 
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
+
     def __repr__(self) -> str:  # never the key
         return f"Upstream({self.url})"
 
