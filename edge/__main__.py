@@ -48,6 +48,7 @@ def main() -> None:
         http="httptools",
         log_config=None,
         access_log=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting: nothing here reads client addresses
         timeout_graceful_shutdown=5,
     )
     uvloop.run(_Server(config).serve())

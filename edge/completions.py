@@ -59,9 +59,7 @@ class CompletionsHandler:
         )
         headers = {"x-request-id": rid, **admission.headers}
         meta = Completion("cmpl-" + secrets.token_urlsafe(18), int(time.time()), message.model)
-        call: Call = self.inference.StreamCompletion(
-            message, metadata=(("x-request-id", rid), ("x-aqueduct-key-id", principal.key_id))
-        )
+        call: Call = self.inference.StreamCompletion(message)
         logprobs = parsed.logprobs is not None
         try:
             if parsed.stream:

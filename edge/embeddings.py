@@ -46,10 +46,9 @@ class EmbeddingsHandler:
         )
         admission = await self.limiter.reserve(principal, usage.input_tokens, 0, rid)
         headers = {"x-request-id": rid, **admission.headers}
-        metadata = (("x-request-id", rid), ("x-aqueduct-key-id", principal.key_id))
         try:
             # A client that leaves cancels the call, which cancels the upstream request.
-            answer = await until_disconnect(request.receive, self._embed(call.request, metadata))
+            answer = await until_disconnect(request.receive, self._embed(call.request))
         except ApiError as error:
             usage.ended(error)
             self.limiter.settle(admission, usage)
@@ -61,10 +60,8 @@ class EmbeddingsHandler:
         self.limiter.settle(admission, usage)
         return json_response(embeddings_json(answer, call.base64), headers=headers)
 
-    async def _embed(
-        self, request: pb.CreateEmbeddingsRequest, metadata: tuple[tuple[str, str], ...]
-    ) -> pb.CreateEmbeddingsResponse:
+    async def _embed(self, request: pb.CreateEmbeddingsRequest) -> pb.CreateEmbeddingsResponse:
         try:
-            return await self.inference.CreateEmbeddings(request, metadata=metadata)
+            return await self.inference.CreateEmbeddings(request)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "inference") from None
