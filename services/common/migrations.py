@@ -7,12 +7,15 @@ independently.
 
 from __future__ import annotations
 
+import contextlib
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 
@@ -33,12 +36,32 @@ def migrate(
     config = Config()
     config.set_main_option("script_location", str(directory))
     config.attributes["engine"] = engine
-    if adopt is not None:
-        table, revision = adopt
-        with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"version_table": version_table})
-            unversioned = context.get_current_revision() is None
-            legacy = unversioned and inspect(connection).has_table(table)
-        if legacy:
-            command.stamp(config, revision)
-    command.upgrade(config, "head")
+    with _one_at_a_time(engine, version_table):
+        if adopt is not None:
+            table, revision = adopt
+            with engine.connect() as connection:
+                context = MigrationContext.configure(
+                    connection, opts={"version_table": version_table}
+                )
+                unversioned = context.get_current_revision() is None
+                legacy = unversioned and inspect(connection).has_table(table)
+            if legacy:
+                command.stamp(config, revision)
+        command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def _one_at_a_time(engine: Engine, name: str) -> Iterator[None]:
+    """Replicas starting together on one PostgreSQL database migrate in turn (a
+    session-level advisory lock), not side by side: two would both create the
+    version table and one would fail. SQLite serialises writers by itself."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = zlib.crc32(f"aqueduct-migrate:{name}".encode())
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})

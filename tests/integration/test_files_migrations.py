@@ -4,6 +4,7 @@ sharing one PostgreSQL database (this machine's server; skipped without it)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -157,3 +158,42 @@ def test_a_legacy_postgres_files_table_is_stamped_and_keeps_its_rows(
     finally:
         keys.close()
         files.close()
+
+
+def migrate_together(
+    store: KeyStore | FileStore, start: threading.Barrier, failures: list[BaseException]
+) -> None:
+    start.wait()
+    try:
+        store.migrate()
+    except BaseException as error:
+        failures.append(error)
+
+
+@needs_postgres
+@pytest.mark.parametrize("service", ["auth", "files"])
+def test_replicas_starting_together_on_a_new_postgres_database_all_migrate(
+    new_database: Callable[[], str], service: str
+) -> None:
+    """Four replicas of one service migrating one empty database at the same
+    moment (`docker compose up --scale`): every one comes up."""
+    for _ in range(3):
+        url = new_database()
+        stores = [KeyStore(url) if service == "auth" else FileStore(url) for _ in range(4)]
+        start = threading.Barrier(len(stores))
+        failures: list[BaseException] = []
+
+        threads = [
+            threading.Thread(target=migrate_together, args=(s, start, failures)) for s in stores
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for store in stores:
+            store.close()
+        assert failures == []
+        table = auth_store.VERSION_TABLE if service == "auth" else files_store.VERSION_TABLE
+        check = KeyStore(url)
+        assert revision(check.engine, table) == "0001"
+        check.close()
