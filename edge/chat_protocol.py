@@ -634,17 +634,34 @@ def sse_chunk(
 
 
 def gather(choices: dict[int, ChoiceText], batch: pb.DeltaBatch) -> None:
-    for delta in batch.deltas:
-        if not (delta.content or delta.logprobs or delta.tool_calls):
-            continue  # a token whose text is still held back (a possible stop): nothing to show
-        choice = choices.setdefault(delta.choice_index, ChoiceText([], []))
-        choice.parts.append(delta.content)
-        choice.logprobs.extend(delta.logprobs)
-        for part in delta.tool_calls:
-            call = choice.tool_calls.setdefault(part.index, pb.ToolCallDelta(index=part.index))
-            call.id = call.id or part.id
-            call.name = call.name or part.name
-            call.arguments += part.arguments
+    """Add a batch's deltas to each choice's text (a whole, non-streamed answer)."""
+    for delta in shown(batch):
+        _add(choices.setdefault(delta.choice_index, ChoiceText([], [])), delta)
+
+
+def each_delta(batch: pb.DeltaBatch) -> list[tuple[int, ChoiceText]]:
+    """Each delta of a batch on its own (one stream event each, as the backend cut them)."""
+    pieces = []
+    for delta in shown(batch):
+        choice = ChoiceText([], [])
+        _add(choice, delta)
+        pieces.append((delta.choice_index, choice))
+    return pieces
+
+
+def shown(batch: pb.DeltaBatch) -> list[pb.Delta]:
+    # A delta without text is a token still held back (a possible stop): nothing to show.
+    return [d for d in batch.deltas if d.content or d.logprobs or d.tool_calls]
+
+
+def _add(choice: ChoiceText, delta: pb.Delta) -> None:
+    choice.parts.append(delta.content)
+    choice.logprobs.extend(delta.logprobs)
+    for part in delta.tool_calls:
+        call = choice.tool_calls.setdefault(part.index, pb.ToolCallDelta(index=part.index))
+        call.id = call.id or part.id
+        call.name = call.name or part.name
+        call.arguments += part.arguments
 
 
 def tool_call_json(call: pb.ToolCallDelta, stream: bool) -> dict[str, Any]:
@@ -742,9 +759,7 @@ class ChatWriter:
         )
 
     def deltas(self, batch: pb.DeltaBatch) -> bytes:
-        # Merge a batch's deltas per choice: one event carries what one read gave.
-        choices: dict[int, ChoiceText] = {}
-        gather(choices, batch)
+        """One event per delta, all of the batch in one write."""
         return b"".join(
             self._chunk(
                 [
@@ -761,7 +776,7 @@ class ChatWriter:
                     }
                 ]
             )
-            for index, choice in choices.items()
+            for index, choice in each_delta(batch)
         )
 
     def finish(self, summary: pb.Summary) -> bytes:

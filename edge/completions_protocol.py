@@ -19,7 +19,7 @@ from edge.chat_protocol import (
     UNSUPPORTED_PARAMS,
     ChoiceText,
     Completion,
-    gather,
+    each_delta,
     object_with_model,
     parse_fallback_models,
     parse_sampling,
@@ -235,10 +235,9 @@ class CompletionWriter:
         return sse_chunk(self.meta, "text_completion", choices, self.include_usage, usage)
 
     def deltas(self, batch: pb.DeltaBatch) -> bytes:
-        choices: dict[int, ChoiceText] = {}
-        gather(choices, batch)
+        """One event per delta, all of the batch in one write."""
         events = []
-        for index, choice in choices.items():
+        for index, choice in each_delta(batch):
             text = "".join(choice.parts)
             logprobs = self._choices.setdefault(index, ChoiceLogprobs()).add(text, choice.logprobs)
             events.append(

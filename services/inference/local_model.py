@@ -185,7 +185,7 @@ class LocalChatModel:
                 items = [await queue.get()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
-                batch = merge_deltas([item for item in items if isinstance(item, Delta)])
+                batch = [item for item in items if isinstance(item, Delta)]
                 if batch:
                     yield batch
                 last = items[-1]
@@ -465,14 +465,3 @@ class LocalChatModel:
         return TokenLogprob(
             piece.decode(errors="replace"), float(logits[token]) - normaliser, piece, alternatives
         )
-
-
-def merge_deltas(deltas: list[Delta]) -> list[Delta]:
-    """One delta per choice, in order of first appearance: what one read carries."""
-    merged: dict[int, tuple[list[str], list[TokenLogprob], list[int]]] = {}
-    for delta in deltas:
-        texts, logprobs, tokens = merged.setdefault(delta.choice_index, ([], [], []))
-        texts.append(delta.text)
-        logprobs.extend(delta.logprobs)
-        tokens.append(delta.tokens)
-    return [Delta(i, "".join(t), tuple(lp), tokens=sum(n)) for i, (t, lp, n) in merged.items()]

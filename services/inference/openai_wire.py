@@ -251,9 +251,9 @@ class ChatChunks:
         self._tool_calls: dict[int, list[ToolCallDelta]] = {}
 
     def feed(self, events: Iterable[bytes]) -> list[Delta]:
-        """The deltas in these events, merged per choice: one batch per read."""
-        texts: dict[int, list[str]] = {}
-        self._logprobs, self._tool_calls = {}, {}
+        """The deltas in these events (one batch per read), one per event and choice:
+        the client gets the upstream's chunks as the upstream cut them."""
+        deltas: list[Delta] = []
         for data in events:
             self.events += 1
             if data == DONE:
@@ -267,11 +267,14 @@ class ChatChunks:
                     f"The upstream of model '{self.model}' failed mid-stream: "
                     f"{_error_text(chunk['error'])}",
                 )
+            texts: dict[int, list[str]] = {}
+            self._logprobs, self._tool_calls = {}, {}
             self._choices(chunk.get("choices"), "delta", texts)
+            deltas += self._deltas(texts)
             usage = _usage(chunk.get("usage"))
             if usage is not None:
                 self.usage = usage
-        return self._deltas(texts)
+        return deltas
 
     def _deltas(self, texts: dict[int, list[str]]) -> list[Delta]:
         indexes = list(dict.fromkeys([*texts, *self._logprobs, *self._tool_calls]))

@@ -184,20 +184,24 @@ def test_completion_json_has_openai_shape_and_served_model() -> None:
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
 
 
-def test_stream_events_role_then_merged_deltas_then_finish_usage_done() -> None:
+def test_stream_events_role_then_each_delta_then_finish_usage_done() -> None:
     writer = ChatWriter(Completion("chatcmpl-1", 10, "m"), include_usage=True)
-    batch = pb.DeltaBatch(deltas=[pb.Delta(content="Hel"), pb.Delta(content="lo")])
+    batch = pb.DeltaBatch(
+        deltas=[pb.Delta(content="Hel"), pb.Delta(content=""), pb.Delta(content="lo")]
+    )
     out = events(writer.start() + writer.deltas(batch) + writer.finish(summary()))
     assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert out[1]["choices"][0]["delta"] == {"content": "Hello"}  # one read, one event
-    assert out[2]["choices"][0] == {
+    # One event per delta, as the backend cut them; a held-back (empty) one shows nothing.
+    assert out[1]["choices"][0]["delta"] == {"content": "Hel"}
+    assert out[2]["choices"][0]["delta"] == {"content": "lo"}
+    assert out[3]["choices"][0] == {
         "index": 0,
         "delta": {},
         "logprobs": None,
         "finish_reason": "stop",
     }
-    assert out[3]["choices"] == [] and out[3]["usage"]["total_tokens"] == 8
-    assert out[4] == "[DONE]"
+    assert out[4]["choices"] == [] and out[4]["usage"]["total_tokens"] == 8
+    assert out[5] == "[DONE]"
     assert all(e["usage"] is None for e in out[:3])
     assert {e["id"] for e in out[:4]} == {"chatcmpl-1"}
     assert all(e["object"] == "chat.completion.chunk" for e in out[:4])

@@ -169,7 +169,7 @@ def events(raw: bytes) -> list[Any]:
     return out
 
 
-def test_stream_chunks_per_choice_then_finishes_usage_done() -> None:
+def test_stream_one_chunk_per_delta_then_finishes_usage_done() -> None:
     writer = CompletionWriter(Completion("cmpl-1", 1, "m"), include_usage=True, logprobs=False)
     batch = pb.DeltaBatch(
         deltas=[
@@ -179,12 +179,13 @@ def test_stream_chunks_per_choice_then_finishes_usage_done() -> None:
         ]
     )
     out = events(writer.deltas(batch) + writer.finish(summary(1, 1, 2)))
-    assert [(c["choices"][0]["index"], c["choices"][0]["text"]) for c in out[:2]] == [
-        (2, "xy"),
+    assert [(c["choices"][0]["index"], c["choices"][0]["text"]) for c in out[:3]] == [
+        (2, "x"),
         (0, "a"),
+        (2, "y"),
     ]
-    assert [c["choices"][0]["finish_reason"] for c in out[2:5]] == ["stop", "stop", "length"]
-    assert out[5]["choices"] == [] and out[5]["usage"]["total_tokens"] == 10
-    assert out[6] == "[DONE]"
-    assert all(e["object"] == "text_completion" for e in out[:6])
-    assert all(e["usage"] is None for e in out[:5])
+    assert [c["choices"][0]["finish_reason"] for c in out[3:6]] == ["stop", "stop", "length"]
+    assert out[6]["choices"] == [] and out[6]["usage"]["total_tokens"] == 10
+    assert out[7] == "[DONE]"
+    assert all(e["object"] == "text_completion" for e in out[:7])
+    assert all(e["usage"] is None for e in out[:6])

@@ -39,9 +39,12 @@ def test_chat_payload_always_streams_with_usage_and_only_set_parameters() -> Non
     }
 
 
-def test_chunks_of_one_read_merge_into_one_delta_per_choice() -> None:
+def test_chunks_of_one_read_stay_one_delta_each() -> None:
     chunks = wire.ChatChunks("m")
-    assert chunks.feed([chunk("Hel"), chunk("lo")]) == [Delta(0, "Hello", tokens=2)]
+    assert chunks.feed([chunk("Hel"), chunk("lo")]) == [
+        Delta(0, "Hel", tokens=1),
+        Delta(0, "lo", tokens=1),
+    ]
     assert chunks.feed([chunk(finish="length")]) == []
     chunks.feed(
         [orjson.dumps({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}})]
