@@ -728,6 +728,9 @@ def completion_json(
     )
 
 
+TEXT_SLOT = "\ufdd0aqueduct-text\ufdd0"  # a noncharacter: never in a model's text
+
+
 class ChatWriter:
     """Renders stream messages as SSE `data:` events, one bytes object per message."""
 
@@ -738,9 +741,26 @@ class ChatWriter:
         self.include_usage = include_usage
         self.n = n
         self.logprobs = logprobs
+        # (choice, model, provider) -> the bytes around a text delta's content
+        self._text_events: dict[tuple[int, str, str], tuple[bytes, bytes]] = {}
 
     def _chunk(self, choices: list[dict[str, Any]], usage: object = None) -> bytes:
         return sse_chunk(self.meta, "chat.completion.chunk", choices, self.include_usage, usage)
+
+    def _text_event(self, index: int, text: str) -> bytes:
+        """A plain text delta: the same bytes `_chunk` makes, from a template, since
+        a stream is mostly these and only their text differs (~1 µs, not ~8)."""
+        key = (index, self.meta.model, self.meta.provider)
+        if (around := self._text_events.get(key)) is None:
+            choice = {
+                "index": index,
+                "delta": {"content": TEXT_SLOT},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            head, _, tail = self._chunk([choice]).rpartition(orjson.dumps(TEXT_SLOT))
+            around = self._text_events[key] = (head, tail)
+        return around[0] + orjson.dumps(text) + around[1]
 
     def start(self) -> bytes:
         """The first event of each choice: the assistant role, as OpenAI sends it."""
@@ -760,6 +780,8 @@ class ChatWriter:
 
     def deltas(self, batch: pb.DeltaBatch) -> bytes:
         """One event per delta, all of the batch in one write."""
+        if not self.logprobs and not any(d.tool_calls for d in batch.deltas):
+            return b"".join(self._text_event(d.choice_index, d.content) for d in shown(batch))
         return b"".join(
             self._chunk(
                 [

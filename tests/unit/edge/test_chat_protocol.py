@@ -395,3 +395,29 @@ def test_tools_nested_too_deeply_are_a_400() -> None:
     with pytest.raises(ApiError) as caught:
         parse_chat_request({**BASE, "tools": tools})
     assert caught.value.param == "tools"
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_text_deltas_from_the_template_are_the_bytes_the_general_path_makes(
+    include_usage: bool,
+) -> None:
+    texts = ["plain", 'quote " and \\ backslash', "new\nline\ttab", "ünïcødé ✓ 🚀", "\x00\x1f", ""]
+    meta = Completion("chatcmpl-1", 10, "m")
+    fast = ChatWriter(meta, include_usage)
+    batch = pb.DeltaBatch(
+        deltas=[pb.Delta(choice_index=i % 2, content=t) for i, t in enumerate(texts)]
+    )
+    general = ChatWriter(meta, include_usage)
+    expected = b"".join(
+        general._chunk(
+            [{"index": i % 2, "delta": {"content": t}, "logprobs": None, "finish_reason": None}]
+        )
+        for i, t in enumerate(texts)
+        if t
+    )
+    assert fast.deltas(batch) == expected
+    meta.model, meta.provider = "served", "acme"  # named by the first batch: templates follow
+    expected = general._chunk(
+        [{"index": 0, "delta": {"content": "x"}, "logprobs": None, "finish_reason": None}]
+    )
+    assert fast.deltas(pb.DeltaBatch(deltas=[pb.Delta(content="x")])) == expected
