@@ -15,7 +15,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import MetaData, inspect, text
 from sqlalchemy.engine import Engine
 
 
@@ -48,6 +48,22 @@ def migrate(
             if legacy:
                 command.stamp(config, revision)
         command.upgrade(config, "head")
+
+
+def run_env(metadata: MetaData, version_table: str) -> None:
+    """The body of a service's migrations/env.py: migrate the engine `migrate()` gave."""
+    from alembic import context  # a proxy that only works inside an Alembic run
+
+    engine = context.config.attributes["engine"]
+    with engine.begin() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table=version_table,
+            render_as_batch=True,  # SQLite alters tables by copying them
+        )
+        with context.begin_transaction():
+            context.run_migrations()
 
 
 @contextlib.contextmanager

@@ -1,18 +1,6 @@
 """Alembic environment for the auth service's tables (keys, teams, usage)."""
 
-from __future__ import annotations
-
-from alembic import context
-
 from services.auth.store import VERSION_TABLE, Base
+from services.common.migrations import run_env
 
-engine = context.config.attributes["engine"]
-with engine.begin() as connection:
-    context.configure(
-        connection=connection,
-        target_metadata=Base.metadata,
-        version_table=VERSION_TABLE,
-        render_as_batch=True,  # SQLite alters tables by copying them
-    )
-    with context.begin_transaction():
-        context.run_migrations()
+run_env(Base.metadata, VERSION_TABLE)
