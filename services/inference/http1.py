@@ -149,10 +149,10 @@ class Response:
         return b"".join(parts)
 
     def close(self) -> None:
-        """Back to the pool if the body was read to its end, else close the connection."""
+        """Back to the pool if the whole answer arrived, else close the connection."""
         if self._timer is not None:
             self._timer.cancel()
-        self._connection.finished(self, reusable=self._complete and not self._chunks)
+        self._connection.finished(self, reusable=self._complete)
 
 
 class Connection(asyncio.Protocol):

@@ -28,6 +28,7 @@ from services.inference.upstream import (
     TRANSPORT_ERRORS,
     UNREADABLE,
     ConnectTimeout,
+    MalformedResponse,
     PoolOptions,
     Response,
     Upstream,
@@ -120,6 +121,9 @@ class OpenAIBackend:
         except TimeoutError:
             self.balancer.failed(replica)
             raise self._timeout() from None
+        except MalformedResponse as error:
+            self.balancer.failed(replica)
+            raise wire.bad_response(self.spec.name, str(error)) from None
         except TRANSPORT_ERRORS as error:
             self.balancer.failed(replica)
             log.warning(
@@ -252,6 +256,8 @@ class OpenAIBackend:
         self.balancer.release(replica)
 
     def _unreachable(self, error: BaseException) -> ServiceError:
+        if isinstance(error, MalformedResponse):  # it answered, but not in HTTP
+            return wire.bad_response(self.spec.name, str(error))
         if isinstance(error, ConnectTimeout):
             return ServiceError(
                 Kind.DEADLINE_EXCEEDED,

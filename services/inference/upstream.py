@@ -19,6 +19,7 @@ __all__ = [
     "TRANSPORT_ERRORS",
     "UNREADABLE",
     "ConnectTimeout",
+    "MalformedResponse",
     "PoolOptions",
     "Response",
     "Upstream",

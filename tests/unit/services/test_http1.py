@@ -118,6 +118,27 @@ def test_keep_alive_reuses_one_connection(run: Callable[..., None]) -> None:
     run(scenario())
 
 
+def test_a_complete_answer_left_unread_still_frees_its_connection(
+    run: Callable[..., None],
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(b"unread"))
+
+    async def scenario() -> None:
+        async with Server(handler) as server:
+            pool = Pool(server.url, 10, 5.0)
+            response = await pool.request(REQUEST)
+            await asyncio.sleep(0.05)  # the whole answer arrives; nobody takes it
+            response.close()
+            assert await body_of(await pool.request(REQUEST)) == b"unread"
+            assert server.connections == 1
+            pool.close()
+
+    run(scenario())
+
+
 def test_chunked_body_arrives_read_by_read(run: Callable[..., None]) -> None:
     release = [asyncio.Event() for _ in range(2)]
 
