@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import openai
 import uvicorn
 import uvloop
 
@@ -69,6 +70,12 @@ class Stack:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['edge']}"
+
+    def sdk(self, key: str = ADMIN_KEY, timeout: float = 60) -> openai.OpenAI:
+        """The official client against this stack's edge, without retries."""
+        return openai.OpenAI(
+            base_url=f"{self.base_url}/v1", api_key=key, max_retries=0, timeout=timeout
+        )
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"

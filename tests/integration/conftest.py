@@ -6,7 +6,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.stack import ADMIN_KEY, Stack
+from tests.stack import Stack
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +18,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{stack.base_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=60
-    )
+    return stack.sdk()

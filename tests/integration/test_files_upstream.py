@@ -12,7 +12,7 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream
 from tests.pdfs import make_pdf
-from tests.stack import ADMIN_KEY, Stack
+from tests.stack import Stack
 
 LINES = ["Field notes, page one.", "The launch code is VIOLET-7 and the moon is blue."]
 QUESTION = "What is the launch code?"
@@ -39,9 +39,7 @@ def client(
         f'    upstreams: [{{url: "{upstream.url}"}}]\n'
     )
     stack = Stack(data_dir=data_dir, models_config=config).start()
-    yield openai.OpenAI(
-        base_url=f"{stack.base_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=60
-    )
+    yield stack.sdk()
     stack.stop()
 
 

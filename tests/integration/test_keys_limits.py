@@ -18,10 +18,6 @@ HI = [{"role": "user", "content": "Hi"}]
 STORY = [{"role": "user", "content": "Write a very long story about the sea."}]
 
 
-def sdk(stack: Stack, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key, max_retries=0, timeout=60)
-
-
 def chat(stack: Stack, key: str, **extra: Any) -> httpx.Response:
     return httpx.post(
         f"{stack.base_url}/v1/chat/completions",
@@ -77,7 +73,7 @@ def test_revoked_key_is_refused_within_a_second_on_a_running_edge(stack: Stack) 
     assert status, "revoked key still accepted"
     assert time.monotonic() - started < 1.0
     with pytest.raises(openai.AuthenticationError):
-        sdk(stack, key["key"]).models.list()
+        stack.sdk(key["key"]).models.list()
 
 
 def test_expired_key_is_401(stack: Stack) -> None:
@@ -85,19 +81,19 @@ def test_expired_key_is_401(stack: Stack) -> None:
     assert chat(stack, key["key"]).status_code == 200
     time.sleep(2.2)
     with pytest.raises(openai.AuthenticationError):
-        sdk(stack, key["key"]).chat.completions.create(model=MODEL, messages=HI, max_tokens=1)
+        stack.sdk(key["key"]).chat.completions.create(model=MODEL, messages=HI, max_tokens=1)
 
 
 def test_forbidden_model_is_403_and_models_list_is_filtered(stack: Stack) -> None:
     key = create_key(stack.base_url, models=["some-other-model"])
-    client = sdk(stack, key["key"])
+    client = stack.sdk(key["key"])
     with pytest.raises(openai.PermissionDeniedError) as caught:
         client.chat.completions.create(model=MODEL, messages=HI, max_tokens=1)
     assert MODEL in caught.value.message
     assert caught.value.body["param"] == "model"  # type: ignore[index]
     assert client.models.list().data == []
     allowed = create_key(stack.base_url, models=[MODEL])
-    assert [m.id for m in sdk(stack, allowed["key"]).models.list().data] == [MODEL]
+    assert [m.id for m in stack.sdk(allowed["key"]).models.list().data] == [MODEL]
 
 
 def test_non_admin_keys_cannot_reach_admin_routes(stack: Stack) -> None:
@@ -126,7 +122,7 @@ def test_rate_limit_429_names_the_limit_with_headers(stack: Stack) -> None:
     assert first.headers["x-ratelimit-limit-tokens"] == "1000"
     assert chat(stack, key["key"]).status_code == 200
     with pytest.raises(openai.RateLimitError) as caught:
-        sdk(stack, key["key"]).chat.completions.create(model=MODEL, messages=HI, max_tokens=1)
+        stack.sdk(key["key"]).chat.completions.create(model=MODEL, messages=HI, max_tokens=1)
     error = caught.value
     assert "'rpm'" in error.message and "key" in error.message
     assert int(error.response.headers["retry-after"]) >= 1
@@ -175,7 +171,7 @@ def test_fifty_parallel_requests_against_rpm_10_admit_exactly_10(stack: Stack) -
 
 def test_ledger_records_stream_non_stream_error_and_disconnect(stack: Stack) -> None:
     key = create_key(stack.base_url, models=[MODEL, "missing-model"])
-    client = sdk(stack, key["key"])
+    client = stack.sdk(key["key"])
     plain = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=3, user="u-1")
     streamed = list(
         client.chat.completions.create(
@@ -369,7 +365,7 @@ def test_fallback_models_need_access_too(stack: Stack) -> None:
 
 def test_embeddings_are_limited_and_recorded(stack: Stack) -> None:
     key = create_key(stack.base_url, limits={"rpm": 1})
-    client = sdk(stack, key["key"])
+    client = stack.sdk(key["key"])
     embedded = client.embeddings.create(model="multilingual-e5-small", input=["hello", "world"])
     assert embedded.usage.prompt_tokens > 0
     with pytest.raises(openai.RateLimitError):

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.stack import ADMIN_KEY, Stack
+from tests.stack import Stack
 
 HI: Any = [{"role": "user", "content": "Say hi."}]
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -49,9 +49,7 @@ models:
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{stack.base_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30
-    )
+    return stack.sdk(timeout=30)
 
 
 @pytest.fixture(autouse=True)

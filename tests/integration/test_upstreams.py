@@ -94,9 +94,7 @@ def stack(
 
 @pytest.fixture(scope="module")
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{stack.base_url}/v1", api_key=ADMIN_KEY, max_retries=0, timeout=30
-    )
+    return stack.sdk(timeout=30)
 
 
 @pytest.fixture(autouse=True)
