@@ -32,7 +32,6 @@ from services.inference.upstream import (
     PoolOptions,
     Response,
     Upstream,
-    read_limited,
 )
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ class OpenAIBackend:
             deadline,
         )
         try:
-            body = await read_limited(response, deadline, MAX_EMBEDDINGS_BODY, self._too_large)
+            body = await response.read_all(MAX_EMBEDDINGS_BODY, self._too_large)
             matrix, prompt_tokens = wire.parse_embeddings(body, len(request.inputs), self.spec.name)
         except ServiceError:
             self.balancer.failed(replica)
@@ -211,9 +210,7 @@ class OpenAIBackend:
                 self.balancer.succeeded(replica)
                 return replica, response
             try:
-                answer = await read_limited(
-                    response,
-                    deadline,
+                answer = await response.read_all(
                     MAX_ERROR_BODY,
                     lambda: wire.bad_response(self.spec.name, "error body too large"),
                 )

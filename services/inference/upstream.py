@@ -7,8 +7,7 @@ read timeout (the caller's per-request deadline bounds everything).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.inference.http1 import ConnectTimeout, MalformedResponse, Pool, Response
@@ -23,7 +22,6 @@ __all__ = [
     "PoolOptions",
     "Response",
     "Upstream",
-    "read_limited",
 ]
 
 # Failures of the transport (as opposed to an answer the upstream gave).
@@ -66,7 +64,7 @@ class Upstream:
         path: str,
         body: bytes,
         headers: Mapping[str, str],
-        deadline: float | None = None,
+        deadline: float,
     ) -> Response:
         """Send; returns once the status line and headers have arrived.
 
@@ -82,11 +80,3 @@ class Upstream:
 
     async def close(self) -> None:
         self._pool.close()
-
-
-async def read_limited(
-    response: Response, deadline: float, limit: int, too_large: Callable[[], Exception]
-) -> bytes:
-    """A whole (small) body within the deadline; TimeoutError after it."""
-    async with asyncio.timeout_at(deadline):
-        return await response.read_all(limit, too_large)
