@@ -105,19 +105,7 @@ def parse_chat_request(raw: object) -> ChatCall:
             raise invalid(
                 name, f"'{name}' is not supported by this gateway yet.", "unsupported_parameter"
             )
-    stream = _optional_bool(body, "stream") or False
-    include_usage = False
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise invalid("stream_options", "'stream_options' must be an object.", "invalid_type")
-        if not stream:
-            raise invalid(
-                "stream_options", "'stream_options' is only allowed when 'stream' is true."
-            )
-        include_usage = (
-            _optional_bool(options, "include_usage", "stream_options.include_usage") or False
-        )
+    stream, include_usage = parse_stream(body)
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise invalid("user", "'user' must be a string.", "invalid_type")
@@ -541,6 +529,20 @@ def _stops(stop: object) -> list[str]:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    """`stream`, and `stream_options.include_usage` (only allowed with a stream)."""
+    stream = _optional_bool(body, "stream") or False
+    options = body.get("stream_options")
+    if options is None:
+        return stream, False
+    if not isinstance(options, dict):
+        raise invalid("stream_options", "'stream_options' must be an object.", "invalid_type")
+    if not stream:
+        raise invalid("stream_options", "'stream_options' is only allowed when 'stream' is true.")
+    include_usage = _optional_bool(options, "include_usage", "stream_options.include_usage")
+    return stream, include_usage or False
 
 
 def _optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> bool | None:

@@ -23,6 +23,7 @@ from edge.chat_protocol import (
     object_with_model,
     parse_fallback_models,
     parse_sampling,
+    parse_stream,
     sse_chunk,
     usage_json,
 )
@@ -56,17 +57,7 @@ def parse_completion_request(raw: object) -> CompletionCall:
     if not sampling.HasField("max_tokens"):
         sampling.max_tokens = DEFAULT_MAX_TOKENS
     n = sampling.n if sampling.HasField("n") else 1
-    stream = _bool(body, "stream")
-    include_usage = False
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise invalid("stream_options", "'stream_options' must be an object.", "invalid_type")
-        if not stream:
-            raise invalid(
-                "stream_options", "'stream_options' is only allowed when 'stream' is true."
-            )
-        include_usage = _bool(options, "include_usage", "stream_options.include_usage")
+    stream, include_usage = parse_stream(body)
     logprobs = _int(body, "logprobs", 0, MAX_LOGPROBS)
     if logprobs is not None:
         sampling.logprobs = True
@@ -131,10 +122,10 @@ def _is_token(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
-def _bool(body: dict[str, Any], name: str, param: str | None = None) -> bool:
+def _bool(body: dict[str, Any], name: str) -> bool:
     value = body.get(name)
     if value is not None and not isinstance(value, bool):
-        raise invalid(param or name, f"'{param or name}' must be a boolean.", "invalid_type")
+        raise invalid(name, f"'{name}' must be a boolean.", "invalid_type")
     return bool(value)
 
 
