@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.config import env_float
+from services.common.config import ConfigError, env_float
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,9 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 80 * 1024 * 1024),
     ("grpc.max_send_message_length", 80 * 1024 * 1024),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC binds with SO_REUSEPORT by default: a second server on a taken port
+    # would silently share its traffic instead of failing to start.
+    ("grpc.so_reuseport", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 ]
 
@@ -41,12 +44,17 @@ class ServiceHost:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
+        # Run as shutdown begins, before the grace period (end idle work).
+        self.on_shutdown: list[Callable[[], None]] = []
 
     async def start(self) -> int:
         """Bind and start answering (health says NOT_SERVING); returns the port."""
-        self.port = self.server.add_insecure_port(self.address)
+        try:
+            self.port = self.server.add_insecure_port(self.address)
+        except RuntimeError:  # grpcio's "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.address}")
+            raise ConfigError(f"cannot listen on {self.address}: the address is taken or not local")
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         return self.port
@@ -56,6 +64,8 @@ class ServiceHost:
 
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
+        for hook in self.on_shutdown:
+            hook()
         await self.server.stop(grace)
 
     async def _set_health(self, status: int) -> None:
