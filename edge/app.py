@@ -33,6 +33,7 @@ from edge.grpc_clients import open_channel
 from edge.http import EventStream, error_response, json_response, request_id
 from edge.limits import Limiter
 from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
+from edge.prepared_calls import GenerationCalls
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response | EventStream]]
@@ -50,6 +51,12 @@ class Gateway:
             "inference": open_channel(settings.inference_addresses),
         }
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
+        self.chat_calls = GenerationCalls(
+            self.inference.PreparedChatCompletion, self.inference.StreamChatCompletion
+        )
+        self.completion_calls = GenerationCalls(
+            self.inference.PreparedCompletion, self.inference.StreamCompletion
+        )
         auth = auth_pb2_grpc.AuthServiceStub(self.channels["auth"])
         self.authenticator = Authenticator(auth, settings.key_cache_ttl_s)
         self.limiter = Limiter(auth, settings.reserve_output_tokens)
@@ -61,14 +68,14 @@ class Gateway:
         self.chat = ChatHandler(
             self.authenticator,
             self.limiter,
-            self.inference,
+            self.chat_calls,
             settings.max_body_bytes,
             file_parts=FilePartResolver(
                 files, settings.max_file_part_bytes, settings.max_file_parts_total_bytes
             ),
         )
         self.completions = CompletionsHandler(
-            self.authenticator, self.limiter, self.inference, settings.max_body_bytes
+            self.authenticator, self.limiter, self.completion_calls, settings.max_body_bytes
         )
         self.embeddings = EmbeddingsHandler(
             self.authenticator, self.limiter, self.inference, settings.max_body_bytes
@@ -76,10 +83,14 @@ class Gateway:
 
     def start(self) -> None:
         self.authenticator.start()
+        self.chat_calls.replenish()  # so that the first request finds one too
+        self.completion_calls.replenish()
 
     async def close(self) -> None:
         await self.limiter.drain()  # every settle (and ledger row) reaches auth
         await self.authenticator.close()
+        self.chat_calls.close()
+        self.completion_calls.close()
         for channel in self.channels.values():
             await channel.close()
 

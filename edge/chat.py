@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
@@ -28,15 +28,11 @@ from edge.file_parts import FilePartResolver
 from edge.files import team_of
 from edge.http import EventStream, json_response, read_json, request_id, until_disconnect
 from edge.limits import Admission, Limiter, Usage, estimate_input_tokens
-
-if TYPE_CHECKING:
-    from aqueduct.inference.v1.inference_pb2_grpc import InferenceServiceAsyncStub
+from edge.prepared_calls import GenerationCall, GenerationCalls
 
 Message = pb.StreamChatCompletionResponse | pb.StreamCompletionResponse
-Call = (
-    grpc.aio.UnaryStreamCall[pb.StreamChatCompletionRequest, pb.StreamChatCompletionResponse]
-    | grpc.aio.UnaryStreamCall[pb.StreamCompletionRequest, pb.StreamCompletionResponse]
-)
+Call = GenerationCall[Any, Any]
+ChatCalls = GenerationCalls[pb.StreamChatCompletionRequest, pb.StreamChatCompletionResponse]
 
 
 class Writer(Protocol):
@@ -54,13 +50,13 @@ class ChatHandler:
         self,
         authenticator: Authenticator,
         limiter: Limiter,
-        inference: InferenceServiceAsyncStub,
+        calls: ChatCalls,
         max_body_bytes: int,
         file_parts: FilePartResolver | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
-        self.inference = inference
+        self.calls = calls
         self.max_body_bytes = max_body_bytes
         self.file_parts = file_parts
 
@@ -91,7 +87,7 @@ class ChatHandler:
             "chatcmpl-" + secrets.token_urlsafe(18), int(time.time()), chat.request.model
         )
         # No call metadata: inference reads none, and grpc.aio charges ~100 us a call for it.
-        call = self.inference.StreamChatCompletion(chat.request)
+        call = await self.calls.start(chat.request)
         try:
             if chat.stream:
                 sampling = chat.request.sampling
@@ -124,8 +120,7 @@ def finish_request(
     limiter: Limiter, admission: Admission, usage: Usage, error: ApiError | None, call: Call
 ) -> None:
     """However a request ended: stop the call, record how, settle its quota."""
-    if not call.done():
-        call.cancel()
+    call.finish()
     usage.ended(error)
     limiter.settle(admission, usage)
 

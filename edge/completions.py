@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING
 
+from aqueduct.inference.v1 import inference_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -21,9 +21,9 @@ from edge.completions_protocol import (
 from edge.errors import ApiError
 from edge.http import EventStream, json_response, read_json, request_id, until_disconnect
 from edge.limits import Limiter, Usage, estimate_completion_input_tokens
+from edge.prepared_calls import GenerationCalls
 
-if TYPE_CHECKING:
-    from aqueduct.inference.v1.inference_pb2_grpc import InferenceServiceAsyncStub
+CompletionCalls = GenerationCalls[pb.StreamCompletionRequest, pb.StreamCompletionResponse]
 
 
 class CompletionsHandler:
@@ -31,12 +31,12 @@ class CompletionsHandler:
         self,
         authenticator: Authenticator,
         limiter: Limiter,
-        inference: InferenceServiceAsyncStub,
+        calls: CompletionCalls,
         max_body_bytes: int,
     ) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
-        self.inference = inference
+        self.calls = calls
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, request: Request) -> Response | EventStream:
@@ -59,7 +59,7 @@ class CompletionsHandler:
         )
         headers = {"x-request-id": rid, **admission.headers}
         meta = Completion("cmpl-" + secrets.token_urlsafe(18), int(time.time()), message.model)
-        call: Call = self.inference.StreamCompletion(message)
+        call: Call = await self.calls.start(message)
         logprobs = parsed.logprobs is not None
         try:
             if parsed.stream:

@@ -18,7 +18,7 @@ import openai
 import uvicorn
 import uvloop
 
-from edge.app import create_app
+from edge.app import Gateway, create_app
 from edge.config import Settings as EdgeSettings
 from services.auth.config import Settings as AuthSettings
 from services.auth.server import AuthServer
@@ -76,6 +76,13 @@ class Stack:
         return openai.OpenAI(
             base_url=f"{self.base_url}/v1", api_key=key, max_retries=0, timeout=timeout
         )
+
+    @property
+    def gateway(self) -> Gateway:
+        """The running edge's shared state (channels, caches, prepared calls)."""
+        assert self.edge is not None
+        gateway: Gateway = self.edge.config.app.app.state.gateway
+        return gateway
 
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.ports[service]}"

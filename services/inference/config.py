@@ -20,6 +20,9 @@ class Settings:
     upstream_max_connections: int = 100  # per upstream replica
     upstream_eject_after: int = 3  # consecutive failures that eject a replica
     upstream_cooldown_s: float = 10.0  # how long an ejected replica rests before a probe
+    # How long a prepared call may wait for its request. Clients use theirs for
+    # much less (the edge: edge/prepared_calls.py); this ends forgotten ones.
+    idle_call_s: float = 300.0
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -29,9 +29,10 @@ class InferenceServer(GrpcService):
     def __init__(self, settings: Settings) -> None:
         self.catalog = Catalog(settings)
         self.host = ServiceHost(settings.address, [SERVICE_NAME])
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(self.catalog), self.host.server
-        )
+        servicer = InferenceServicer(self.catalog, settings.idle_call_s)
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self.host.server)
+        self.host.on_shutdown.append(servicer.close_idle_calls)
+        self.servicer = servicer
         self._reloads: set[asyncio.Task[bool]] = set()
 
     @property

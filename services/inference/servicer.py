@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -32,6 +33,13 @@ from services.inference.registry import ServedModel
 from services.inference.router import Router
 
 log = logging.getLogger(__name__)
+
+IDLE_CALL_CLOSED = ServiceError(
+    Kind.UNAVAILABLE,
+    "IDLE_CALL_CLOSED",
+    "This prepared call waited too long or the service is shutting down; "
+    "the request was not read. Send it on another call.",
+)
 
 FINISH_REASONS = {
     "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
@@ -214,9 +222,45 @@ async def write_stream(
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, idle_call_s: float) -> None:
         self.catalog = catalog
         self.router = Router(catalog)
+        self.idle_call_s = idle_call_s
+        self._idle_calls: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    @property
+    def idle_calls(self) -> int:
+        """Prepared calls waiting for their request now."""
+        return len(self._idle_calls)
+
+    def close_idle_calls(self) -> None:
+        """At shutdown: end every prepared call still waiting for its request,
+        and any opened from now on, so that the server's grace period waits
+        only for real work."""
+        self._closing = True
+        for task in self._idle_calls:
+            task.cancel()
+
+    async def _first_request(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """A prepared call's request; None if the client closed it unused."""
+        if self._closing:
+            await abort(context, IDLE_CALL_CLOSED)
+        task = asyncio.current_task()
+        assert task is not None
+        self._idle_calls.add(task)
+        try:
+            async with asyncio.timeout(self.idle_call_s):
+                request = await context.read()
+        except TimeoutError:
+            await abort(context, IDLE_CALL_CLOSED)
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise  # the client cancelled the call: nobody to answer
+            await abort(context, IDLE_CALL_CLOSED)
+        finally:
+            self._idle_calls.discard(task)
+        return None if request is grpc.aio.EOF else request
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -277,3 +321,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             request.model,
             context,
         )
+
+    async def PreparedChatCompletion(  # type: ignore[override]  # writes, does not yield
+        self,
+        request_iterator: AsyncIterator[pb.StreamChatCompletionRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        request = await self._first_request(context)
+        if request is not None:
+            await self.StreamChatCompletion(request, context)
+
+    async def PreparedCompletion(  # type: ignore[override]  # writes, does not yield
+        self,
+        request_iterator: AsyncIterator[pb.StreamCompletionRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        request = await self._first_request(context)
+        if request is not None:
+            await self.StreamCompletion(request, context)

@@ -407,9 +407,24 @@ def raw_post(stack: Stack, path: str, body: dict[str, object]) -> socket.socket:
     return sock
 
 
+def use_prepared_call(stack: Stack, prepared: bool) -> None:
+    """Make the next chat request go on a prepared call (edge/prepared_calls.py),
+    or on a plain one."""
+    calls = stack.gateway.chat_calls
+
+    async def arrange() -> None:
+        calls.close()
+        if prepared:
+            calls.replenish()
+
+    stack.loop.run(arrange())
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared-call", "plain-call"])
 def test_client_disconnect_mid_stream_closes_the_upstream_request_within_100ms(
-    stack: Stack, fakes: dict[str, FakeUpstream]
+    stack: Stack, fakes: dict[str, FakeUpstream], prepared: bool
 ) -> None:
+    use_prepared_call(stack, prepared)
     fakes["a"].default = Reply.stream("first", " never", delay_s=30)
     sock = raw_post(
         stack, "/v1/chat/completions", {"model": "patient", "messages": HI, "stream": True}
@@ -419,15 +434,18 @@ def test_client_disconnect_mid_stream_closes_the_upstream_request_within_100ms(
         part = sock.recv(65536)
         assert part, "the edge closed the stream early"
         seen += part
+    assert stack.gateway.chat_calls.ready == 0  # none left: the request took it, or none was
     closed = time.monotonic()
     sock.close()
     fakes["a"].wait_for(lambda: bool(fakes["a"].disconnects), timeout=5)
     assert fakes["a"].disconnects[0] - closed < 0.1
 
 
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared-call", "plain-call"])
 def test_client_disconnect_while_waiting_closes_the_upstream_request_within_100ms(
-    stack: Stack, fakes: dict[str, FakeUpstream]
+    stack: Stack, fakes: dict[str, FakeUpstream], prepared: bool
 ) -> None:
+    use_prepared_call(stack, prepared)
     fakes["a"].default = Reply.hang()
     sock = raw_post(stack, "/v1/chat/completions", {"model": "patient", "messages": HI})
     fakes["a"].wait_for(lambda: fakes["a"].active == 1)

@@ -1,0 +1,141 @@
+"""Generation calls to the inference service, opened before they are needed.
+
+Opening a gRPC call costs most of a millisecond here (set-up on both sides, a
+new handler task in the service), and all of it would sit between a request
+and its first token. So the edge keeps calls to the service's `Prepared*`
+methods open and idle, and sends a request as the one message of such a call;
+the service answers it exactly as the plain unary-stream method would.
+
+A request takes the newest prepared call, or opens a plain call if none is
+ready. Each request leaves a new prepared call behind as it ends (at most
+MAX_SPARES kept), so the number kept follows the concurrency seen, and the
+work of opening it falls after the request rather than on its path. A prepared
+call older than MAX_AGE_S is closed rather than used (the service ends idle
+calls after its own, longer limit), and one that the service closed before
+reading the request (that limit, its shutdown) is replaced by a plain call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Generic, TypeVar
+
+import grpc
+
+from services.common.status import error_info
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+MAX_SPARES = 8
+MAX_AGE_S = 60.0
+CLOSED_UNREAD = "IDLE_CALL_CLOSED"  # the service's reason: the request was not read
+
+
+class GenerationCalls(Generic[Req, Resp]):
+    """Calls to one generation method: prepared ones kept ready, plain ones else."""
+
+    def __init__(
+        self,
+        prepared: grpc.aio.StreamStreamMultiCallable[Req, Resp],
+        plain: grpc.aio.UnaryStreamMultiCallable[Req, Resp],
+        max_spares: int = MAX_SPARES,
+        max_age_s: float = MAX_AGE_S,
+    ) -> None:
+        self._prepared = prepared
+        self.plain = plain
+        self.max_spares = max_spares
+        self.max_age_s = max_age_s
+        self._spares: collections.deque[tuple[float, grpc.aio.StreamStreamCall[Req, Resp]]] = (
+            collections.deque()
+        )
+
+    @property
+    def ready(self) -> int:
+        """Prepared calls kept now (some may have ended unseen)."""
+        return len(self._spares)
+
+    async def start(self, request: Req) -> GenerationCall[Req, Resp]:
+        """The request under way: on a prepared call if one is ready."""
+        spare = self._take()
+        if spare is not None:
+            try:
+                await spare.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                spare.cancel()  # it ended while we were taking it
+            else:
+                return GenerationCall(self, request, spare, prepared=True)
+        return GenerationCall(self, request, self.plain(request), prepared=False)
+
+    def replenish(self) -> None:
+        """Leave one prepared call behind (a request has ended), and drop dead ones."""
+        now = time.monotonic()
+        while self._spares and (
+            self._spares[0][1].done() or now - self._spares[0][0] > self.max_age_s
+        ):
+            self._spares.popleft()[1].cancel()
+        if len(self._spares) < self.max_spares:
+            self._spares.append((now, self._prepared()))
+
+    def close(self) -> None:
+        while self._spares:
+            self._spares.pop()[1].cancel()
+
+    def _take(self) -> grpc.aio.StreamStreamCall[Req, Resp] | None:
+        now = time.monotonic()
+        while self._spares:
+            opened, call = self._spares.pop()  # the newest
+            if call.done():
+                continue
+            if now - opened > self.max_age_s:  # and so is every older one
+                call.cancel()
+                self.close()
+                return None
+            return call
+        return None
+
+
+class GenerationCall(Generic[Req, Resp]):
+    """One request's call, as the handlers use it."""
+
+    __slots__ = ("_call", "_calls", "_prepared", "_request")
+
+    def __init__(
+        self,
+        calls: GenerationCalls[Req, Resp],
+        request: Req,
+        call: grpc.aio.StreamStreamCall[Req, Resp] | grpc.aio.UnaryStreamCall[Req, Resp],
+        prepared: bool,
+    ) -> None:
+        self._calls = calls
+        self._request = request
+        self._call = call
+        self._prepared = prepared
+
+    async def read(self) -> object:
+        """The next message, or grpc.aio.EOF; raises AioRpcError as the call would."""
+        try:
+            return await self._call.read()
+        except grpc.aio.AioRpcError as error:
+            if not (self._prepared and _closed_unread(error)):
+                raise
+        self._prepared = False  # send it again, on a plain call
+        self._call = self._calls.plain(self._request)
+        return await self._call.read()
+
+    def done(self) -> bool:
+        return self._call.done()
+
+    def finish(self) -> None:
+        """However the request ended: stop its call, leave a prepared one behind."""
+        if not self._call.done():
+            self._call.cancel()
+        self._calls.replenish()
+
+
+def _closed_unread(error: grpc.aio.AioRpcError) -> bool:
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    info = error_info(error)
+    return info is not None and info.reason == CLOSED_UNREAD

@@ -1,0 +1,190 @@
+"""Which call a request goes on (edge/prepared_calls.py), against fake calls."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from edge.prepared_calls import GenerationCalls
+from services.common.errors import Kind, ServiceError
+from services.common.status import to_grpc_status
+
+
+class FakeCall:
+    def __init__(self, messages: list[object] | None = None) -> None:
+        self.messages = list(messages or [])
+        self.sent: list[object] = []
+        self.ended = False
+        self.cancelled = False
+        self.write_error: BaseException | None = None
+        self.read_error: BaseException | None = None
+
+    async def write(self, request: object) -> None:
+        if self.write_error is not None:
+            raise self.write_error
+        self.sent.append(request)
+
+    async def read(self) -> object:
+        if self.read_error is not None:
+            raise self.read_error
+        return self.messages.pop(0) if self.messages else grpc.aio.EOF
+
+    def done(self) -> bool:
+        return self.ended or self.cancelled
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+class Opener:
+    """Stands in for a stub's multi-callable: records what it opened."""
+
+    def __init__(self, messages: list[object] | None = None) -> None:
+        self.opened: list[FakeCall] = []
+        self.requests: list[object] = []
+        self.messages = messages
+
+    def __call__(self, request: object = None) -> FakeCall:
+        call = FakeCall(self.messages)
+        self.opened.append(call)
+        if request is not None:
+            self.requests.append(request)
+        return call
+
+
+def calls(prepared: Opener, plain: Opener, **options: Any) -> GenerationCalls[Any, Any]:
+    return GenerationCalls(prepared, plain, **options)  # type: ignore[arg-type]
+
+
+def closed_unread() -> grpc.aio.AioRpcError:
+    status = to_grpc_status(ServiceError(Kind.UNAVAILABLE, "IDLE_CALL_CLOSED", "idle"))
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        details="idle",
+    )
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_without_a_prepared_call_the_request_opens_a_plain_one_and_leaves_one_behind() -> None:
+    prepared, plain = Opener(), Opener(["answer"])
+    generation = calls(prepared, plain)
+    call = run(generation.start("request"))
+    assert plain.requests == ["request"]
+    assert run(call.read()) == "answer"
+    assert generation.ready == 0
+    call.finish()
+    assert generation.ready == 1 and len(prepared.opened) == 1
+
+
+def test_the_next_request_goes_as_the_message_of_the_prepared_call() -> None:
+    prepared, plain = Opener(["from prepared"]), Opener()
+    generation = calls(prepared, plain)
+    generation.replenish()
+    call = run(generation.start("request"))
+    assert prepared.opened[0].sent == ["request"]
+    assert plain.opened == []
+    assert run(call.read()) == "from prepared"
+    assert generation.ready == 0
+
+
+def test_a_prepared_call_that_has_ended_is_not_used() -> None:
+    prepared, plain = Opener(), Opener(["plain"])
+    generation = calls(prepared, plain)
+    generation.replenish()
+    prepared.opened[0].ended = True
+    call = run(generation.start("request"))
+    assert prepared.opened[0].sent == []
+    assert plain.requests == ["request"]
+    assert run(call.read()) == "plain"
+
+
+@pytest.mark.parametrize(
+    "error", [asyncio.InvalidStateError("finished"), closed_unread()], ids=["ended", "status"]
+)
+def test_a_prepared_call_that_cannot_take_the_request_is_cancelled_for_a_plain_one(
+    error: BaseException,
+) -> None:
+    prepared, plain = Opener(), Opener(["plain"])
+    generation = calls(prepared, plain)
+    generation.replenish()
+    prepared.opened[0].write_error = error
+    call = run(generation.start("request"))
+    assert prepared.opened[0].cancelled
+    assert plain.requests == ["request"]
+    assert run(call.read()) == "plain"
+
+
+def test_a_request_the_service_closed_unread_is_sent_again_on_a_plain_call() -> None:
+    prepared, plain = Opener(), Opener(["plain answer"])
+    generation = calls(prepared, plain)
+    generation.replenish()
+    prepared.opened[0].read_error = closed_unread()
+    call = run(generation.start("request"))
+    assert run(call.read()) == "plain answer"
+    assert plain.requests == ["request"]
+
+
+def test_other_failures_of_a_prepared_call_are_the_request_s_own() -> None:
+    prepared, plain = Opener(), Opener()
+    generation = calls(prepared, plain)
+    generation.replenish()
+    prepared.opened[0].read_error = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details="down"
+    )
+    call = run(generation.start("request"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        run(call.read())
+    assert plain.opened == []
+
+
+def test_a_plain_call_closed_unread_is_not_sent_again() -> None:
+    prepared, plain = Opener(), Opener()
+    generation = calls(prepared, plain)
+    call = run(generation.start("request"))
+    plain.opened[0].read_error = closed_unread()
+    with pytest.raises(grpc.aio.AioRpcError):
+        run(call.read())
+    assert len(plain.opened) == 1
+
+
+def test_prepared_calls_past_their_age_are_closed_not_used() -> None:
+    prepared, plain = Opener(), Opener()
+    generation = calls(prepared, plain, max_age_s=-1.0)  # every call is too old
+    generation.replenish()
+    generation.replenish()
+    run(generation.start("request"))
+    assert all(call.cancelled and call.sent == [] for call in prepared.opened)
+    assert plain.requests == ["request"]
+    assert generation.ready == 0
+
+
+def test_at_most_max_spares_are_kept_and_dead_ones_are_dropped() -> None:
+    prepared, plain = Opener(), Opener()
+    generation = calls(prepared, plain, max_spares=3)
+    for _ in range(5):
+        generation.replenish()
+    assert generation.ready == 3 and len(prepared.opened) == 3
+    prepared.opened[0].ended = True  # the oldest, ended by the service
+    generation.replenish()
+    assert generation.ready == 3 and len(prepared.opened) == 4
+
+
+def test_finishing_a_request_cancels_its_unfinished_call() -> None:
+    prepared, plain = Opener(), Opener()
+    generation = calls(prepared, plain)
+    call = run(generation.start("request"))
+    call.finish()
+    assert plain.opened[0].cancelled
+    done = run(generation.start("another"))
+    prepared.opened[0].ended = True
+    done.finish()
+    assert not prepared.opened[0].cancelled  # an ended call is left alone
