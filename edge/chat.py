@@ -120,7 +120,7 @@ def finish_request(
     limiter: Limiter, admission: Admission, usage: Usage, error: ApiError | None, call: Call
 ) -> None:
     """However a request ended: stop the call, record how, settle its quota."""
-    call.finish()
+    call.finish(answered=usage.completed)
     usage.ended(error)
     limiter.settle(admission, usage)
 

@@ -127,9 +127,14 @@ class GenerationCall(Generic[Req, Resp]):
     def done(self) -> bool:
         return self._call.done()
 
-    def finish(self) -> None:
-        """However the request ended: stop its call, leave a prepared one behind."""
-        if not self._call.done():
+    def finish(self, answered: bool) -> None:
+        """However the request ended: stop its call, leave a prepared one behind.
+
+        A call whose answer came in full (its summary) is not cancelled: the
+        service has finished and its status is on the way, and a cancel would
+        cost both sides a stream reset for nothing.
+        """
+        if not answered and not self._call.done():
             self._call.cancel()
         self._calls.replenish()
 

@@ -92,13 +92,14 @@ def service(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Service]:
 async def generate(calls: ChatCalls) -> str:
     """One request's answer text, through `calls` (as the edge sends it)."""
     call = await calls.start(REQUEST)
-    text = ""
+    text, answered = "", False
     try:
         while (message := await call.read()) is not grpc.aio.EOF:
             assert isinstance(message, pb.StreamChatCompletionResponse)
             text += "".join(d.content for d in message.deltas.deltas)
+            answered = message.HasField("summary")
     finally:
-        call.finish()
+        call.finish(answered)
     return text
 
 

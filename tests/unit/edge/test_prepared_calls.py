@@ -81,7 +81,7 @@ def test_without_a_prepared_call_the_request_opens_a_plain_one_and_leaves_one_be
     assert plain.requests == ["request"]
     assert run(call.read()) == "answer"
     assert generation.ready == 0
-    call.finish()
+    call.finish(answered=True)
     assert generation.ready == 1 and len(prepared.opened) == 1
 
 
@@ -178,13 +178,16 @@ def test_at_most_max_spares_are_kept_and_dead_ones_are_dropped() -> None:
     assert generation.ready == 3 and len(prepared.opened) == 4
 
 
-def test_finishing_a_request_cancels_its_unfinished_call() -> None:
+def test_finishing_a_request_cancels_its_call_unless_it_was_answered_in_full() -> None:
     prepared, plain = Opener(), Opener()
     generation = calls(prepared, plain)
-    call = run(generation.start("request"))
-    call.finish()
+    cut = run(generation.start("request"))
+    cut.finish(answered=False)
     assert plain.opened[0].cancelled
-    done = run(generation.start("another"))
-    prepared.opened[0].ended = True
-    done.finish()
-    assert not prepared.opened[0].cancelled  # an ended call is left alone
+    answered = run(generation.start("another"))
+    answered.finish(answered=True)
+    assert not prepared.opened[0].cancelled  # its status is on the way
+    ended = run(generation.start("third"))
+    prepared.opened[1].ended = True
+    ended.finish(answered=False)
+    assert not prepared.opened[1].cancelled  # an ended call is left alone
