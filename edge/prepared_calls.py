@@ -7,9 +7,11 @@ methods open and idle, and sends a request as the one message of such a call;
 the service answers it exactly as the plain unary-stream method would.
 
 A request takes the newest prepared call, or opens a plain call if none is
-ready. Each request leaves a new prepared call behind as it ends (at most
-MAX_SPARES kept), so the number kept follows the concurrency seen, and the
-work of opening it falls after the request rather than on its path. A prepared
+ready. A request that ends while fewer than MAX_SPARES others are running
+leaves a new prepared call behind, so the work of opening it falls after the
+request rather than on the next one's path. Busier than that, requests go on
+plain calls: a prepared call costs a little more CPU in all (a separate write
+on each side), and a saturated edge has no idle time to hide it in. A prepared
 call older than MAX_AGE_S is closed rather than used (the service ends idle
 calls after its own, longer limit), and one that the service closed before
 reading the request (that limit, its shutdown) is replaced by a plain call.
@@ -50,6 +52,7 @@ class GenerationCalls(Generic[Req, Resp]):
         self._spares: collections.deque[tuple[float, grpc.aio.StreamStreamCall[Req, Resp]]] = (
             collections.deque()
         )
+        self.running = 0  # requests started and not yet finished
 
     @property
     def ready(self) -> int:
@@ -58,6 +61,7 @@ class GenerationCalls(Generic[Req, Resp]):
 
     async def start(self, request: Req) -> GenerationCall[Req, Resp]:
         """The request under way: on a prepared call if one is ready."""
+        self.running += 1
         spare = self._take()
         if spare is not None:
             try:
@@ -68,8 +72,14 @@ class GenerationCalls(Generic[Req, Resp]):
                 return GenerationCall(self, request, spare, prepared=True)
         return GenerationCall(self, request, self.plain(request), prepared=False)
 
+    def ended(self) -> None:
+        """A request has ended: leave a prepared call behind unless busy."""
+        self.running -= 1
+        if self.running < self.max_spares:
+            self.replenish()
+
     def replenish(self) -> None:
-        """Leave one prepared call behind (a request has ended), and drop dead ones."""
+        """Open one prepared call (at most max_spares kept), and drop dead ones."""
         now = time.monotonic()
         while self._spares and (
             self._spares[0][1].done() or now - self._spares[0][0] > self.max_age_s
@@ -136,7 +146,7 @@ class GenerationCall(Generic[Req, Resp]):
         """
         if not answered and not self._call.done():
             self._call.cancel()
-        self._calls.replenish()
+        self._calls.ended()
 
 
 def _closed_unread(error: grpc.aio.AioRpcError) -> bool:

@@ -191,3 +191,15 @@ def test_finishing_a_request_cancels_its_call_unless_it_was_answered_in_full() -
     prepared.opened[1].ended = True
     ended.finish(answered=False)
     assert not prepared.opened[1].cancelled  # an ended call is left alone
+
+
+def test_a_busy_edge_leaves_no_prepared_call_behind() -> None:
+    prepared, plain = Opener(), Opener()
+    generation = calls(prepared, plain, max_spares=2)
+    first, second, third = (run(generation.start(n)) for n in ("1", "2", "3"))
+    first.finish(answered=True)  # two still running: busy
+    assert generation.ready == 0 and prepared.opened == []
+    second.finish(answered=True)  # one running
+    assert generation.ready == 1
+    third.finish(answered=True)
+    assert generation.ready == 2
