@@ -32,6 +32,7 @@ from edge.prepared_calls import GenerationCall, GenerationCalls
 
 Message = pb.StreamChatCompletionResponse | pb.StreamCompletionResponse
 Call = GenerationCall[Any, Any]
+INTERRUPTED = ApiError(500, "The request was interrupted.", type="server_error", code="interrupted")
 ChatCalls = GenerationCalls[pb.StreamChatCompletionRequest, pb.StreamChatCompletionResponse]
 
 
@@ -111,6 +112,9 @@ class ChatHandler:
         except ApiError as error:
             finish_request(self.limiter, admission, usage, error, call)
             error.headers.update(headers)
+            raise
+        except BaseException:  # cancelled, or a bug: the call and the quota still end
+            finish_request(self.limiter, admission, usage, INTERRUPTED, call)
             raise
         finish_request(self.limiter, admission, usage, None, call)
         return json_response(body, headers=headers)

@@ -11,7 +11,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge.auth import Authenticator, require_model_access
-from edge.chat import Call, collect, finish_request, read_message, render, sse_events
+from edge.chat import (
+    INTERRUPTED,
+    Call,
+    collect,
+    finish_request,
+    read_message,
+    render,
+    sse_events,
+)
 from edge.chat_protocol import Completion
 from edge.completions_protocol import (
     CompletionWriter,
@@ -78,6 +86,9 @@ class CompletionsHandler:
         except ApiError as error:
             finish_request(self.limiter, admission, usage, error, call)
             error.headers.update(headers)
+            raise
+        except BaseException:  # cancelled, or a bug: the call and the quota still end
+            finish_request(self.limiter, admission, usage, INTERRUPTED, call)
             raise
         finish_request(self.limiter, admission, usage, None, call)
         return json_response(body, headers=headers)
