@@ -93,3 +93,26 @@ def _no_wait(sleep: Any) -> Any:
         await sleep(min(seconds, 0.01))
 
     return quick
+
+
+def test_settles_that_keep_failing_are_given_up_after_three_tries_and_later_ones_still_go(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    """A settle is not retried forever (its slots free when their leases end),
+    and giving one up does not stop the settles that come after it."""
+    auth = FakeAuth(failures=limits.SETTLE_ATTEMPTS)
+    monkeypatch.setattr(limits.asyncio, "sleep", _no_wait(asyncio.sleep))
+
+    async def scenario() -> None:
+        limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
+        admission = await limiter.reserve(LIMITED, 1, 1, "x")
+        limiter.settle(admission, Usage("lost", "m", False, ""))
+        await limiter.drain()
+        limiter.settle(admission, Usage("next", "m", False, ""))
+        await limiter.drain()
+
+    with caplog.at_level("ERROR", logger="edge.limits"):
+        asyncio.run(scenario())
+    assert auth.failures == 0  # every attempt was made
+    assert auth.batches == [["next"]]
+    assert any("settles abandoned" in r.getMessage() for r in caplog.records)
