@@ -53,7 +53,8 @@ class Stack:
     models_config: Path | None = None
     # An already running files service (e.g. a subprocess) instead of an in-process one.
     files_address: str | None = None
-    # Shared state for several auth replicas: a database URL and Redis.
+    # Shared state for several auth replicas (and the files service's metadata):
+    # a database URL and Redis.
     database_url: str | None = None
     redis_url: str | None = None
     auth_replicas: int = 1
@@ -105,7 +106,7 @@ class Stack:
             self.files = FilesServer(
                 FilesSettings(
                     address="127.0.0.1:0",
-                    database_url=f"sqlite:///{self.data_dir / 'aqueduct.db'}",
+                    database_url=self.database_url or f"sqlite:///{self.data_dir / 'aqueduct.db'}",
                     storage_dir=self.data_dir / "files",
                     purge_interval_s=0.5,
                 )

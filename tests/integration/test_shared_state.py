@@ -110,3 +110,31 @@ def test_ledger_rows_land_in_postgres(replicated: Stack) -> None:
             break
         time.sleep(0.1)
     assert rows[0]["requests"] == 3 and rows[0]["output_tokens"] == 3
+
+
+def test_files_kept_in_postgres_are_read_into_a_chat(replicated: Stack) -> None:
+    """The files service on the same PostgreSQL database as auth (its own
+    migrations and version table): an upload is listed and used by id in a chat."""
+    assert replicated.files is not None
+    assert replicated.files.store.engine.dialect.name == "postgresql"
+    client = replicated.sdk()
+    uploaded = client.files.create(
+        file=("note.txt", b"The code word is heron."), purpose="user_data"
+    )
+    assert uploaded.id in [f.id for f in client.files.list()]
+
+    def prompt_tokens(*parts: dict[str, object]) -> int:
+        answer = client.chat.completions.create(
+            model=MODEL,
+            max_tokens=1,
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "Code word?"}, *parts]}
+            ],
+        )
+        assert answer.usage is not None
+        return answer.usage.prompt_tokens
+
+    with_file = prompt_tokens({"type": "file", "file": {"file_id": uploaded.id}})
+    assert with_file >= prompt_tokens() + 5  # the file's words reached the model
+    client.files.delete(uploaded.id)
+    assert uploaded.id not in [f.id for f in client.files.list()]
