@@ -1,13 +1,16 @@
 """The upstream HTTP/1.1 client against small raw servers on 127.0.0.1: framing
 (content-length, chunked, until close), keep-alive reuse and its stale-connection
 retry, the pool bound, deadlines, cancellation closing the connection, gzip,
-and malformed answers."""
+malformed answers, and connects that are refused or hang."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
-from collections.abc import Awaitable, Callable, Coroutine
+import socket
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -68,6 +71,34 @@ class Server:
             pass
         finally:
             writer.close()
+
+
+@contextlib.contextmanager
+def hanging_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where a TCP connect hangs: its listener never accepts
+    and its accept queue is full, so the kernel drops new SYNs (no reset, no answer)."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(16):  # Linux queues backlog + 1 connections; allow for more
+            filler = socket.socket()
+            fillers.append(filler)
+            filler.settimeout(0.1)  # a loopback connect that completes does so at once
+            try:
+                filler.connect(address)
+            except TimeoutError:
+                break  # the queue is full: the next connect hangs too
+            except ConnectionError as error:
+                pytest.skip(f"a full accept queue refuses connects here ({error!r})")
+        else:
+            pytest.skip("the accept queue of a 127.0.0.1 listener never filled up")
+        yield address[1]
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
@@ -358,3 +389,17 @@ def test_refused_connection_is_a_connection_error(run: Callable[..., None]) -> N
         assert not isinstance(caught.value, ConnectTimeout)
 
     run(scenario())
+
+
+def test_a_connect_that_hangs_fails_after_the_connect_timeout(run: Callable[..., None]) -> None:
+    async def scenario(port: int) -> None:
+        pool = Pool(f"http://127.0.0.1:{port}/v1", 1, 0.2)
+        for _ in range(2):  # the second: the timed-out connect gave its pool slot back
+            started = time.monotonic()
+            with pytest.raises(ConnectTimeout, match=r"within 0\.2 s"):
+                await asyncio.wait_for(pool.request(REQUEST), 5)
+            assert 0.15 <= time.monotonic() - started < 2
+        pool.close()
+
+    with hanging_port() as port:
+        run(scenario(port))
