@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +22,34 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def hanging_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where a TCP connect hangs: its listener never accepts
+    and its accept queue is full, so the kernel drops new SYNs (no reset, no answer)."""
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(16):  # Linux queues backlog + 1 connections; allow for more
+            filler = socket.socket()
+            fillers.append(filler)
+            filler.settimeout(0.1)  # a loopback connect that completes does so at once
+            try:
+                filler.connect(address)
+            except TimeoutError:
+                break  # the queue is full: the next connect hangs too
+            except ConnectionError as error:
+                pytest.skip(f"a full accept queue refuses connects here ({error!r})")
+        else:
+            pytest.skip("the accept queue of a 127.0.0.1 listener never filled up")
+        yield address[1]
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -6,11 +6,9 @@ malformed answers, and connects that are refused or hang."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
-import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from services.inference.http1 import (
     Response,
     UpstreamClosed,
 )
+from tests.processes import hanging_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 REQUEST = b"POST /v1/x HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
@@ -71,34 +70,6 @@ class Server:
             pass
         finally:
             writer.close()
-
-
-@contextlib.contextmanager
-def hanging_port() -> Iterator[int]:
-    """A port on 127.0.0.1 where a TCP connect hangs: its listener never accepts
-    and its accept queue is full, so the kernel drops new SYNs (no reset, no answer)."""
-    listener = socket.socket()
-    fillers: list[socket.socket] = []
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        address = listener.getsockname()
-        for _ in range(16):  # Linux queues backlog + 1 connections; allow for more
-            filler = socket.socket()
-            fillers.append(filler)
-            filler.settimeout(0.1)  # a loopback connect that completes does so at once
-            try:
-                filler.connect(address)
-            except TimeoutError:
-                break  # the queue is full: the next connect hangs too
-            except ConnectionError as error:
-                pytest.skip(f"a full accept queue refuses connects here ({error!r})")
-        else:
-            pytest.skip("the accept queue of a 127.0.0.1 listener never filled up")
-        yield address[1]
-    finally:
-        for sock in (*fillers, listener):
-            sock.close()
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:

@@ -15,7 +15,7 @@ from services.common.errors import Kind, ServiceError
 from services.inference.generation import ChatRequest, Message
 from services.inference.models_file import ModelSpec, UpstreamSpec
 from services.inference.openai_backend import OpenAIBackend, UpstreamOptions
-from tests.unit.services.test_http1 import hanging_port
+from tests.processes import hanging_port
 
 HEADERS = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
