@@ -105,9 +105,7 @@ class EventHub:
                             kind, subject = orjson.loads(message["data"])
                             self._fan_out(KeyEvent(kind, subject))
                     raise RedisConnectionError("subscription ended")
-                except asyncio.CancelledError:
-                    raise
-                except Exception as error:
+                except Exception as error:  # not CancelledError: close() still stops it
                     log.warning(
                         "key event subscription lost; resubscribing", extra={"error": str(error)}
                     )
