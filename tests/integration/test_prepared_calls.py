@@ -152,6 +152,16 @@ def test_a_request_sent_as_the_service_closes_the_call_is_served_once_on_a_plain
     assert service.run(close_and_send()) == "Hello there"
     assert upstream.requests == 1
 
+    async def open_after_shutdown_began() -> tuple[grpc.StatusCode, str]:
+        return await status_of(service.stub.PreparedChatCompletion())
+
+    # Opened once shutdown has begun: ended at once, not left to outwait the grace.
+    service.server.servicer.idle_call_s = 60.0
+    assert service.run(open_after_shutdown_began()) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "IDLE_CALL_CLOSED",
+    )
+
 
 def test_shutdown_does_not_wait_for_idle_prepared_calls(service: Service) -> None:
     service.server.servicer.idle_call_s = 60.0  # it would outwait the grace
