@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2
 
-from edge.errors import ApiError, duration, from_rpc_error
+from edge.errors import UNLIMITED_RATE_HEADERS, ApiError, duration, from_rpc_error
 from services.auth.keys import LIMIT_NAMES
 
 if TYPE_CHECKING:
@@ -113,11 +114,11 @@ class Usage:
 class Admission:
     principal: pb.Principal
     reservation: pb.Reservation
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # x-ratelimit-*: shared, never changed
 
 
 def rate_headers(answer: pb.ReserveQuotaResponse) -> dict[str, str]:
-    headers = {}
+    headers = dict(UNLIMITED_RATE_HEADERS)
     for kind, status in (("requests", answer.requests), ("tokens", answer.tokens)):
         if status.limited:
             headers[f"x-ratelimit-limit-{kind}"] = str(status.limit)
@@ -162,7 +163,7 @@ class Limiter:
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
             )
-            return Admission(principal, reservation, {})
+            return Admission(principal, reservation, UNLIMITED_RATE_HEADERS)
         try:
             answer = await self.stub.ReserveQuota(
                 pb.ReserveQuotaRequest(

@@ -10,6 +10,7 @@ from aqueduct.auth.v1 import auth_pb2 as pb
 from grpc.aio import AioRpcError, Metadata
 
 from edge import limits
+from edge.errors import NO_LIMIT, UNLIMITED_RATE_HEADERS
 from edge.limits import Limiter, Usage
 
 
@@ -51,9 +52,13 @@ def test_keys_without_limits_are_admitted_without_asking_auth() -> None:
     async def scenario() -> None:
         limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
         admission = await limiter.reserve(FREE, 10, None, "rid")
-        assert admission.reservation.output_tokens == 64 and admission.headers == {}
+        assert admission.reservation.output_tokens == 64
+        # All six headers on every answer (as OpenAI sends them), saying "no limit".
+        assert admission.headers == UNLIMITED_RATE_HEADERS
+        assert admission.headers["x-ratelimit-remaining-tokens"] == str(2**31 - 1)
         limited = await limiter.reserve(LIMITED, 10, 5, "rid")
         assert limited.headers["x-ratelimit-limit-requests"] == "10"
+        assert limited.headers["x-ratelimit-limit-tokens"] == NO_LIMIT  # rpm only
 
     asyncio.run(scenario())
     assert [r.key_id for r in auth.reserves] == ["k2"]
