@@ -550,3 +550,37 @@ def test_models_list_and_retrieve_resolve_aliases(client: openai.OpenAI) -> None
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("no-such-model")
     assert caught.value.code == "model_not_found"  # type: ignore[attr-defined]
+
+
+def test_requests_beyond_the_upstream_pool_get_a_fast_503(tmp_path: Path) -> None:
+    """With every connection to the upstream busy, a request waits at most the pool
+    wait, then gets 503 `upstream_busy` (it used to queue silently for minutes)."""
+    fake = FakeUpstream("busy", default=Reply.stream(*["x"] * 30, delay_s=0.1)).start()
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        f'models:\n  - name: busy\n    backend: openai\n    upstreams: [{{url: "{fake.url}"}}]\n'
+    )
+    stack = Stack(
+        data_dir=tmp_path,
+        models_config=config,
+        inference_overrides={"upstream_max_connections": 2, "upstream_pool_wait_s": 0.3},
+    ).start()
+    try:
+        client = stack.sdk()
+        streams = [
+            client.chat.completions.create(model="busy", messages=HI, stream=True) for _ in range(2)
+        ]
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as refused:
+            client.chat.completions.create(model="busy", messages=HI)
+        assert time.monotonic() - started < 5
+        assert refused.value.status_code == 503
+        assert refused.value.response.json()["error"]["code"] == "upstream_busy"
+        assert refused.value.response.headers["retry-after"] == "1"
+        for stream in streams:  # the two that had connections finish normally
+            assert (
+                "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "x" * 30
+            )
+    finally:
+        stack.stop()
+        fake.stop()
