@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from services.common.config import DEFAULT_ADDRESSES
+from core.config import DEFAULT_ADDRESSES
 
 SERVICES = ("auth", "files", "inference", "edge")
 STOP_GRACE_S = 10.0

@@ -8,13 +8,13 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.auth.v1 import auth_pb2_grpc
 
+from core.errors import Kind, ServiceError
+from core.status import abort
 from services.auth import convert
 from services.auth.authority import KeyAuthority
 from services.auth.events import EventHub
 from services.auth.key_admin import KeyAdmin
 from services.auth.quotas import Quotas
-from services.common.errors import Kind, ServiceError
-from services.common.status import abort
 
 Context = grpc.aio.ServicerContext[Any, Any]
 GROUPINGS = {

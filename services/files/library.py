@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.files.extract import Extracted, ExtractError
 from services.files.extractor import ExtractionTimeout, Extractor, WorkerFailed
 from services.files.records import (

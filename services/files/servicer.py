@@ -9,8 +9,8 @@ import grpc
 from aqueduct.files.v1 import files_pb2 as pb
 from aqueduct.files.v1 import files_pb2_grpc
 
-from services.common.errors import Kind, ServiceError
-from services.common.status import abort
+from core.errors import Kind, ServiceError
+from core.status import abort
 from services.files.library import FileLibrary
 from services.files.records import FileRecord, UploadMetadata
 

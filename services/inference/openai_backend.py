@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference import openai_wire as wire
 from services.inference import tokens
 from services.inference.balancer import Balancer, Replica

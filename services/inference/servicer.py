@@ -12,8 +12,8 @@ import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 
-from services.common.errors import Kind, ServiceError
-from services.common.status import abort
+from core.errors import Kind, ServiceError
+from core.status import abort
 from services.inference.catalog import Catalog
 from services.inference.embedding import EmbeddingInput, EmbedRequest
 from services.inference.generation import (

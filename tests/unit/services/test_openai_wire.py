@@ -8,7 +8,7 @@ import struct
 import orjson
 import pytest
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference import openai_wire as wire
 from services.inference.embedding import EmbedRequest
 from services.inference.generation import ChatRequest, Delta, Message, Sampling

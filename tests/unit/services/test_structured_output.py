@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 import orjson
 import pytest
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference import openai_wire as wire
 from services.inference.constraints import grammar_text, unenforceable_keyword
 from services.inference.generation import (

@@ -9,7 +9,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 
 ERROR_DOMAIN = "aqueduct"
 
