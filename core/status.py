@@ -9,7 +9,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from core.errors import Kind, ServiceError
+from core.errors import ServiceError
 
 ERROR_DOMAIN = "aqueduct"
 
@@ -44,10 +44,3 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
                 detail.Unpack(info)
                 return info
     return None
-
-
-def kind_of(code: grpc.StatusCode) -> Kind:
-    try:
-        return Kind(code.name)
-    except ValueError:
-        return Kind.INTERNAL

@@ -51,6 +51,3 @@ class FileRecord:
     created_at: int
     content_type: str
     expires_at: int | None = None
-
-    def expired_at(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
