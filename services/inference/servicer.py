@@ -13,7 +13,7 @@ from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 
 from core.errors import Kind, ServiceError
-from core.status import abort
+from core.request_id import REQUEST_ID
 from services.inference.catalog import Catalog
 from services.inference.embedding import EmbeddingInput, EmbedRequest
 from services.inference.generation import (
@@ -34,12 +34,16 @@ from services.inference.router import Router
 
 log = logging.getLogger(__name__)
 
-IDLE_CALL_CLOSED = ServiceError(
-    Kind.UNAVAILABLE,
-    "IDLE_CALL_CLOSED",
-    "This prepared call waited too long or the service is shutting down; "
-    "the request was not read. Send it on another call.",
-)
+
+def idle_call_closed() -> ServiceError:
+    """A fresh error each time: a raised instance keeps its traceback's frames."""
+    return ServiceError(
+        Kind.UNAVAILABLE,
+        "IDLE_CALL_CLOSED",
+        "This prepared call waited too long or the service is shutting down; "
+        "the request was not read. Send it on another call.",
+    )
+
 
 FINISH_REASONS = {
     "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
@@ -200,25 +204,22 @@ async def write_stream(
     `aclosing` block, so the backend stream is closed at once and stops its
     generation or upstream request. A suspended generator would not be.
     """
-    try:
-        served, provider, first = model, "", True
-        async with contextlib.aclosing(events) as stream:
-            async for event in stream:
-                if isinstance(event, list):
-                    batch = pb.DeltaBatch(
-                        deltas=[delta_message(d) for d in event],
-                        model=served if first else "",
-                        provider=provider if first else "",
-                    )
-                    first = False
-                    await context.write(response(deltas=batch))
-                elif isinstance(event, Routed):
-                    served, provider = event.model, event.provider
-                elif isinstance(event, Finish):
-                    await context.write(response(summary=summary_message(event, served, provider)))
-                    return
-    except ServiceError as error:
-        await abort(context, error)
+    served, provider, first = model, "", True
+    async with contextlib.aclosing(events) as stream:
+        async for event in stream:
+            if isinstance(event, list):
+                batch = pb.DeltaBatch(
+                    deltas=[delta_message(d) for d in event],
+                    model=served if first else "",
+                    provider=provider if first else "",
+                )
+                first = False
+                await context.write(response(deltas=batch))
+            elif isinstance(event, Routed):
+                served, provider = event.model, event.provider
+            elif isinstance(event, Finish):
+                await context.write(response(summary=summary_message(event, served, provider)))
+                return
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -245,7 +246,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _first_request(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """A prepared call's request; None if the client closed it unused."""
         if self._closing:
-            await abort(context, IDLE_CALL_CLOSED)
+            raise idle_call_closed()
         task = asyncio.current_task()
         assert task is not None
         self._idle_calls.add(task)
@@ -253,14 +254,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             async with asyncio.timeout(self.idle_call_s):
                 request = await context.read()
         except TimeoutError:
-            await abort(context, IDLE_CALL_CLOSED)
+            raise idle_call_closed() from None
         except asyncio.CancelledError:
             if not self._closing:
                 raise  # the client cancelled the call: nobody to answer
-            await abort(context, IDLE_CALL_CLOSED)
+            raise idle_call_closed() from None
         finally:
             self._idle_calls.discard(task)
-        return None if request is grpc.aio.EOF else request
+        if request is grpc.aio.EOF:
+            return None
+        REQUEST_ID.set(request.request_id)  # a prepared call learns it only now
+        return request
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -276,19 +280,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetModelResponse:
-        try:
-            served = self.catalog.current.resolve(request.id, param="id")
-        except ServiceError as error:
-            await abort(context, error)
+        served = self.catalog.current.resolve(request.id, param="id")
         return pb.GetModelResponse(model=model_message(request.id, served))
 
     async def CreateEmbeddings(
         self, request: pb.CreateEmbeddingsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CreateEmbeddingsResponse:
-        try:
-            served, result = await self.router.embed(embed_request(request))
-        except ServiceError as error:
-            await abort(context, error)
+        served, result = await self.router.embed(embed_request(request))
         return pb.CreateEmbeddingsResponse(
             embeddings=[
                 pb.Embedding(index=i, values=row.tolist()) for i, row in enumerate(result.vectors)
@@ -300,10 +298,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def StreamChatCompletion(  # type: ignore[override]  # writes, does not yield
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        try:
-            chat = chat_request(request)
-        except ServiceError as error:
-            await abort(context, error)
+        chat = chat_request(request)
         await write_stream(
             self.router.stream_chat(chat), pb.StreamChatCompletionResponse, request.model, context
         )
@@ -311,10 +306,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def StreamCompletion(  # type: ignore[override]  # writes, does not yield
         self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        try:
-            completion = completion_request(request)
-        except ServiceError as error:
-            await abort(context, error)
+        completion = completion_request(request)
         await write_stream(
             self.router.stream_completion(completion),
             pb.StreamCompletionResponse,
