@@ -67,6 +67,7 @@ class CompletionsHandler:
         )
         headers = {"x-request-id": rid, **admission.headers}
         meta = Completion("cmpl-" + secrets.token_urlsafe(18), int(time.time()), message.model)
+        message.request_id = rid
         call: Call = await self.calls.start(message)
         logprobs = parsed.logprobs is not None
         try:

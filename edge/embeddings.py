@@ -46,6 +46,7 @@ class EmbeddingsHandler:
         )
         admission = await self.limiter.reserve(principal, usage.input_tokens, 0, rid)
         headers = {"x-request-id": rid, **admission.headers}
+        call.request.request_id = rid
         try:
             # A client that leaves cancels the call, which cancels the upstream request.
             answer = await until_disconnect(request.receive, self._embed(call.request))
