@@ -13,16 +13,11 @@ from typing import Any
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
+from core.enum_names import FINISH_REASONS
 from edge import schemas
 from edge.errors import ApiError, invalid
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-FINISH_REASONS = {
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-    pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
-    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
-}
 MAX_FALLBACK_MODELS = 16
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20

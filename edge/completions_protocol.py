@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
+from core.enum_names import FINISH_REASONS
 from edge.chat_protocol import (
-    FINISH_REASONS,
     TOOL_PARAMS,
     UNSUPPORTED_PARAMS,
     ChoiceText,

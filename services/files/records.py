@@ -7,7 +7,6 @@ import secrets
 import string
 from dataclasses import dataclass
 
-PURPOSES = ("user_data", "assistants", "batch", "vision", "fine-tune", "evals")
 # OpenAI: "files with purpose=batch expire after 30 days" unless told otherwise.
 DEFAULT_EXPIRY_S = {"batch": 30 * 24 * 3600}
 MAX_FILENAME_CHARS = 255

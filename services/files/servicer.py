@@ -10,21 +10,12 @@ import grpc
 from aqueduct.files.v1 import files_pb2 as pb
 from aqueduct.files.v1 import files_pb2_grpc
 
+from core.enum_names import FILE_PURPOSES
 from core.errors import Kind, ServiceError
 from services.files.library import FileLibrary
 from services.files.records import FileRecord, UploadMetadata
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-PURPOSE_NAMES: dict[int, str] = {
-    pb.FILE_PURPOSE_USER_DATA: "user_data",
-    pb.FILE_PURPOSE_ASSISTANTS: "assistants",
-    pb.FILE_PURPOSE_BATCH: "batch",
-    pb.FILE_PURPOSE_VISION: "vision",
-    pb.FILE_PURPOSE_FINE_TUNE: "fine-tune",
-    pb.FILE_PURPOSE_EVALS: "evals",
-}
-PURPOSE_VALUES = {name: value for value, name in PURPOSE_NAMES.items()}
 
 
 def file_message(record: FileRecord) -> pb.File:
@@ -32,7 +23,7 @@ def file_message(record: FileRecord) -> pb.File:
         id=record.id,
         team=record.team,
         filename=record.filename,
-        purpose=PURPOSE_VALUES[record.purpose],  # type: ignore[arg-type]
+        purpose=FILE_PURPOSES.by_name[record.purpose],
         bytes=record.bytes,
         created_at=record.created_at,
         expires_at=record.expires_at or 0,
@@ -52,7 +43,7 @@ async def _upload_parts(
             yield UploadMetadata(
                 team=meta.team,
                 filename=meta.filename,
-                purpose=PURPOSE_NAMES.get(meta.purpose, ""),
+                purpose=FILE_PURPOSES.get(meta.purpose, ""),
                 content_type=meta.content_type,
                 expires_after_s=meta.expires_after_seconds,
             )
@@ -77,7 +68,7 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
     ) -> pb.ListFilesResponse:
         records, has_more = await self.library.list(
             request.team,
-            PURPOSE_NAMES.get(request.purpose),
+            FILE_PURPOSES.get(request.purpose),
             request.limit,
             request.after or None,
             ascending=request.order == pb.SORT_ORDER_ASC,

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from core.enum_names import FINISH_REASONS
 from core.errors import Kind, ServiceError
 from services.inference import tokens
 from services.inference.embedding import EmbedRequest
@@ -35,7 +36,6 @@ from services.inference.generation import (
     TopLogprob,
 )
 
-FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
 DONE = b"[DONE]"
 MAX_ERROR_MESSAGE = 2000
 
@@ -333,7 +333,7 @@ class ChatChunks:
                 self._logprobs.setdefault(index, []).extend(logprobs)
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason:
-                self.finish_reasons[index] = reason if reason in FINISH_REASONS else "stop"
+                self.finish_reasons[index] = reason if reason in FINISH_REASONS.by_name else "stop"
 
     def finish(self, request: ChatRequest | CompletionRequest) -> Finish:
         """The end of a stream that closed: complete, or cut (UPSTREAM_BAD_RESPONSE)."""

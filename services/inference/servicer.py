@@ -12,6 +12,7 @@ import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 
+from core.enum_names import FINISH_REASONS
 from core.errors import Kind, ServiceError
 from core.request_id import REQUEST_ID
 from services.inference.catalog import Catalog
@@ -43,14 +44,6 @@ def idle_call_closed() -> ServiceError:
         "This prepared call waited too long or the service is shutting down; "
         "the request was not read. Send it on another call.",
     )
-
-
-FINISH_REASONS = {
-    "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "content_filter": pb.FINISH_REASON_CONTENT_FILTER,
-}
 
 
 RESPONSE_FORMATS = {
@@ -180,7 +173,7 @@ def model_message(model_id: str, served: ServedModel) -> pb.Model:
 def summary_message(finish: Finish, model: str, provider: str = "") -> pb.Summary:
     return pb.Summary(
         choice_ends=[
-            pb.ChoiceEnd(choice_index=i, finish_reason=FINISH_REASONS[r])
+            pb.ChoiceEnd(choice_index=i, finish_reason=FINISH_REASONS.by_name[r])
             for i, r in sorted(finish.finish_reasons.items())
         ],
         usage=pb.Usage(
