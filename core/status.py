@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
-
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -25,11 +23,6 @@ def to_grpc_status(error: ServiceError) -> grpc.Status:
         code=code_pb2.Code.Value(error.kind.value), message=error.message, details=[detail]
     )
     return rpc_status.to_status(status)
-
-
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> NoReturn:
-    await context.abort_with_status(to_grpc_status(error))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
