@@ -43,6 +43,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=build /app/.venv ./.venv
 COPY --from=build /app/gen ./gen
+COPY core ./core
 COPY services ./services
 COPY edge ./edge
 COPY scripts ./scripts

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import uvicorn
 import uvloop
 
+from core import logs
+from core.config import ConfigError, env
 from edge.app import create_app
 from edge.config import Settings
-from services.common import logs
-from services.common.config import ConfigError, env
 
 
 class _Server(uvicorn.Server):

@@ -122,7 +122,11 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         principal = await self.authenticator.authenticate(request.headers, request_id(request))
         try:
-            listed = await self.inference.ListModels(pb.ListModelsRequest(), timeout=5.0)
+            listed = await self.inference.ListModels(
+                pb.ListModelsRequest(),
+                timeout=5.0,
+                metadata=(("x-request-id", request_id(request)),),
+            )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "inference") from None
         allowed = set(principal.allowed_models)
@@ -146,7 +150,11 @@ class Gateway:
                     param="model",
                     code="model_not_found",
                 )
-            found = await self.inference.GetModel(pb.GetModelRequest(id=model_id), timeout=5.0)
+            found = await self.inference.GetModel(
+                pb.GetModelRequest(id=model_id),
+                timeout=5.0,
+                metadata=(("x-request-id", request_id(request)),),
+            )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "inference") from None
         return json_response(

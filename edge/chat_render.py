@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
+from core.enum_names import FINISH_REASONS
 from edge.rendering import (
-    FINISH_REASONS,
     ChoiceText,
     Completion,
     each_delta,

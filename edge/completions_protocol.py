@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
+from core.enum_names import FINISH_REASONS
 from edge.chat_request import PendingContent
 from edge.errors import invalid
 from edge.rendering import (
-    FINISH_REASONS,
     ChoiceText,
     Completion,
     each_delta,

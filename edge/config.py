@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.config import env, env_float, env_int, service_addresses
+from core.config import env, env_float, env_int, service_addresses
 
 
 @dataclass(frozen=True)

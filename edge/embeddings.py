@@ -55,6 +55,7 @@ class EmbeddingsHandler:
             self.metrics.refused(ROUTE, error.status)
             raise
         headers = {"x-request-id": rid, **admission.headers}
+        call.request.request_id = rid
         try:
             # A client that leaves cancels the call, which cancels the upstream request.
             answer = await until_disconnect(request.receive, self._embed(call.request))

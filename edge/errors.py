@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import grpc
 import orjson
 
-from services.common.status import error_info
+from core.status import error_info
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from core.enum_names import FILE_PURPOSES
 from edge.auth import Authenticator
 from edge.errors import ApiError, from_rpc_error, invalid
 from edge.http import json_response, request_id, until_disconnect
@@ -33,15 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PURPOSES: dict[str, pb.FilePurpose.ValueType] = {
-    "user_data": pb.FILE_PURPOSE_USER_DATA,
-    "assistants": pb.FILE_PURPOSE_ASSISTANTS,
-    "batch": pb.FILE_PURPOSE_BATCH,
-    "vision": pb.FILE_PURPOSE_VISION,
-    "fine-tune": pb.FILE_PURPOSE_FINE_TUNE,
-    "evals": pb.FILE_PURPOSE_EVALS,
-}
-PURPOSE_NAMES = {value: name for name, value in PURPOSES.items()}
 EXPIRY_RANGE_S = (3600, 30 * 24 * 3600)  # OpenAI's bounds for expires_after[seconds]
 SEND_CHUNK_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 1024
@@ -70,7 +62,7 @@ def file_json(file: pb.File) -> dict[str, Any]:
         "bytes": file.bytes,
         "created_at": file.created_at,
         "filename": file.filename,
-        "purpose": PURPOSE_NAMES.get(file.purpose, "user_data"),
+        "purpose": FILE_PURPOSES.get(file.purpose, "user_data"),
         "status": "processed",
     }
     if file.expires_at:
@@ -79,11 +71,12 @@ def file_json(file: pb.File) -> dict[str, Any]:
 
 
 def _purpose(value: str) -> pb.FilePurpose.ValueType:
-    if value not in PURPOSES:
+    if value not in FILE_PURPOSES.by_name:
         raise invalid(
-            "purpose", f"'purpose' must be one of {', '.join(PURPOSES)}; got '{value[:64]}'."
+            "purpose",
+            f"'purpose' must be one of {', '.join(FILE_PURPOSES.names)}; got '{value[:64]}'.",
         )
-    return PURPOSES[value]
+    return FILE_PURPOSES.by_name[value]
 
 
 def _rpc_error(error: grpc.aio.AioRpcError) -> ApiError:

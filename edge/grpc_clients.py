@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from services.common.config import ConfigError
+from core.config import ConfigError
 
 CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.max_receive_message_length", 80 * 1024 * 1024),

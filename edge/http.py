@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -14,8 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from core.request_id import REQUEST_ID
 from edge.errors import ApiError
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 REQUEST_ID_KEY = "aqueduct.request_id"
 
@@ -27,6 +30,8 @@ def request_id(request: Request) -> str:
         given = request.headers.get("x-request-id", "")
         rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         request.scope[REQUEST_ID_KEY] = rid
+        REQUEST_ID.set(rid)  # for every log line written while serving it
+        log.debug("request", extra={"method": request.method, "path": request.url.path})
     return str(rid)
 
 

@@ -17,10 +17,10 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2
 
+from core.status import error_info
 from edge.errors import UNLIMITED_RATE_HEADERS, ApiError, duration, from_rpc_error
 from edge.settles import SettleQueue
 from services.auth.keys import LIMIT_NAMES
-from services.common.status import error_info
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub

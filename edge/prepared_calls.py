@@ -26,7 +26,7 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from services.common.status import error_info
+from core.status import error_info
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")

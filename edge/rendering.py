@@ -13,13 +13,6 @@ from aqueduct.inference.v1 import inference_pb2 as pb
 
 from edge.errors import ApiError
 
-FINISH_REASONS = {
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-    pb.FINISH_REASON_CONTENT_FILTER: "content_filter",
-    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
-}
-
 
 @dataclass
 class Completion:

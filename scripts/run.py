@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.config import DEFAULT_ADDRESSES
+from core.config import DEFAULT_ADDRESSES
 
 SERVICES = ("auth", "files", "inference", "edge")
 STOP_GRACE_S = 10.0

@@ -8,9 +8,9 @@ import os
 import time
 from pathlib import Path
 
+from core.errors import Kind, ServiceError
 from services.auth.keys import KeyRecord, Limits, hash_secret, new_key_id, new_secret, preview
 from services.auth.store import KeyStore
-from services.common.errors import Kind, ServiceError
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import data_dir, env, env_float, listen_address
+from core.config import data_dir, env, env_float, listen_address
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from core.errors import Kind, ServiceError
 from services.auth.events import EventHub
 from services.auth.keys import (
     LIMIT_NAMES,
@@ -22,7 +23,6 @@ from services.auth.keys import (
     preview,
 )
 from services.auth.store import KeyStore
-from services.common.errors import Kind, ServiceError
 
 MAX_NAME = 200
 MAX_MODELS = 1000

@@ -7,10 +7,10 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from core.errors import Kind, ServiceError
 from services.auth.keys import Limits
 from services.auth.ledger import UsageLedger
 from services.auth.limiter import BucketLevel, Demand, LimitExceeded, demand_for, tightest
-from services.common.errors import Kind, ServiceError
 
 SETTLED_MEMORY = 100_000  # reservation ids remembered per replica
 

@@ -8,13 +8,12 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.auth.v1 import auth_pb2_grpc
 
+from core.errors import Kind, ServiceError
 from services.auth import convert
 from services.auth.authority import KeyAuthority
 from services.auth.events import EventHub
 from services.auth.key_admin import KeyAdmin
 from services.auth.quotas import Quotas
-from services.common.errors import Kind, ServiceError
-from services.common.status import abort
 
 Context = grpc.aio.ServicerContext[Any, Any]
 GROUPINGS = {
@@ -34,10 +33,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def VerifyKey(
         self, request: pb.VerifyKeyRequest, context: Context
     ) -> pb.VerifyKeyResponse:
-        try:
-            record, team_limits = await self.authority.verify(request.key)
-        except ServiceError as error:
-            await abort(context, error)
+        record, team_limits = await self.authority.verify(request.key)
         return pb.VerifyKeyResponse(principal=convert.principal_message(record, team_limits))
 
     async def WatchKeyEvents(  # type: ignore[override]  # writes, does not yield
@@ -60,17 +56,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ReserveQuota(
         self, request: pb.ReserveQuotaRequest, context: Context
     ) -> pb.ReserveQuotaResponse:
-        try:
-            admitted = await self.quotas.reserve(
-                request.key_id,
-                request.team,
-                convert.limits_value(request.key_limits),
-                convert.limits_value(request.team_limits),
-                request.input_tokens,
-                request.output_tokens,
-            )
-        except ServiceError as error:
-            await abort(context, error)
+        admitted = await self.quotas.reserve(
+            request.key_id,
+            request.team,
+            convert.limits_value(request.key_limits),
+            convert.limits_value(request.team_limits),
+            request.input_tokens,
+            request.output_tokens,
+        )
         return pb.ReserveQuotaResponse(
             reservation=convert.reservation_message(admitted.reservation),
             requests=convert.level_message(admitted.requests),
@@ -116,69 +109,48 @@ class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
     async def CreateKey(
         self, request: pb.CreateKeyRequest, context: Context
     ) -> pb.CreateKeyResponse:
-        try:
-            await self._authorize(context)
-            record, secret = await self.admin.create(convert.key_changes(request.spec))
-        except ServiceError as error:
-            await abort(context, error)
+        await self._authorize(context)
+        record, secret = await self.admin.create(convert.key_changes(request.spec))
         return pb.CreateKeyResponse(key=convert.key_info(record), secret=secret)
 
     async def ListKeys(self, request: pb.ListKeysRequest, context: Context) -> pb.ListKeysResponse:
-        try:
-            await self._authorize(context)
-            records = await self.admin.list_keys()
-        except ServiceError as error:
-            await abort(context, error)
+        await self._authorize(context)
+        records = await self.admin.list_keys()
         return pb.ListKeysResponse(keys=[convert.key_info(r) for r in records])
 
     async def GetKey(self, request: pb.GetKeyRequest, context: Context) -> pb.GetKeyResponse:
-        try:
-            await self._authorize(context)
-            record = await self.admin.get(request.id)
-        except ServiceError as error:
-            await abort(context, error)
+        await self._authorize(context)
+        record = await self.admin.get(request.id)
         return pb.GetKeyResponse(key=convert.key_info(record))
 
     async def UpdateKey(
         self, request: pb.UpdateKeyRequest, context: Context
     ) -> pb.UpdateKeyResponse:
-        try:
-            await self._authorize(context)
-            record = await self.admin.update(request.id, convert.key_changes(request.spec))
-        except ServiceError as error:
-            await abort(context, error)
+        await self._authorize(context)
+        record = await self.admin.update(request.id, convert.key_changes(request.spec))
         return pb.UpdateKeyResponse(key=convert.key_info(record))
 
     async def RevokeKey(
         self, request: pb.RevokeKeyRequest, context: Context
     ) -> pb.RevokeKeyResponse:
-        try:
-            await self._authorize(context)
-            record = await self.admin.revoke(request.id)
-        except ServiceError as error:
-            await abort(context, error)
+        await self._authorize(context)
+        record = await self.admin.revoke(request.id)
         return pb.RevokeKeyResponse(key=convert.key_info(record))
 
     async def SetTeamLimits(
         self, request: pb.SetTeamLimitsRequest, context: Context
     ) -> pb.SetTeamLimitsResponse:
-        try:
-            await self._authorize(context)
-            limits = await self.admin.set_team_limits(
-                request.team, convert.limits_value(request.limits)
-            )
-        except ServiceError as error:
-            await abort(context, error)
+        await self._authorize(context)
+        limits = await self.admin.set_team_limits(
+            request.team, convert.limits_value(request.limits)
+        )
         return pb.SetTeamLimitsResponse(
             team=pb.Team(name=request.team, limits=convert.limits_message(limits))
         )
 
     async def GetTeam(self, request: pb.GetTeamRequest, context: Context) -> pb.GetTeamResponse:
-        try:
-            await self._authorize(context)
-            limits = await self.admin.team_limits(request.team)
-        except ServiceError as error:
-            await abort(context, error)
+        await self._authorize(context)
+        limits = await self.admin.team_limits(request.team)
         return pb.GetTeamResponse(
             team=pb.Team(name=request.team, limits=convert.limits_message(limits))
         )
@@ -186,18 +158,15 @@ class AdminServicer(auth_pb2_grpc.AdminServiceServicer):
     async def QueryUsage(
         self, request: pb.QueryUsageRequest, context: Context
     ) -> pb.QueryUsageResponse:
-        try:
-            await self._authorize(context)
-            filters = {
-                "key_id": request.key_id,
-                "team": request.team,
-                "model": request.model,
-                "since": request.since if request.HasField("since") else None,
-                "until": request.until if request.HasField("until") else None,
-            }
-            rows = await self.admin.usage(filters, GROUPINGS.get(request.group_by))
-        except ServiceError as error:
-            await abort(context, error)
+        await self._authorize(context)
+        filters = {
+            "key_id": request.key_id,
+            "team": request.team,
+            "model": request.model,
+            "since": request.since if request.HasField("since") else None,
+            "until": request.until if request.HasField("until") else None,
+        }
+        rows = await self.admin.usage(filters, GROUPINGS.get(request.group_by))
         return pb.QueryUsageResponse(
             totals=[
                 pb.UsageTotal(

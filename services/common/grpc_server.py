@@ -1,4 +1,5 @@
-"""Lifecycle shared by every gRPC service: health, reflection, graceful stop.
+"""Lifecycle shared by every gRPC service: health, reflection, interceptors,
+graceful stop.
 
 Health reports NOT_SERVING until the service says it is ready (model loaded,
 database reachable), and goes NOT_SERVING again at the start of shutdown so load
@@ -16,7 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common.config import ConfigError, env_float
+from core.config import ConfigError, env_float
+from services.common.interceptors import interceptors
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class ServiceHost:
     def __init__(self, address: str, service_names: Sequence[str]) -> None:
         self.address = address
         self.service_names = list(service_names)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors())
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -8,8 +8,8 @@ from typing import Any
 
 import uvloop
 
-from services.common import logs
-from services.common.config import ConfigError, env
+from core import logs
+from core.config import ConfigError, env
 
 
 def main(service: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:

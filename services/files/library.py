@@ -15,12 +15,12 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
-from services.common.errors import Kind, ServiceError
+from core.enum_names import FILE_PURPOSES
+from core.errors import Kind, ServiceError
 from services.files.extract import Extracted, ExtractError
 from services.files.extractor import ExtractionTimeout, Extractor, WorkerFailed
 from services.files.records import (
     DEFAULT_EXPIRY_S,
-    PURPOSES,
     FileRecord,
     UploadMetadata,
     clean_filename,
@@ -47,6 +47,15 @@ class Limits:
 
 def _mb(size: int) -> str:
     return f"{size / MB:.1f} MB"
+
+
+def _check_purpose(purpose: str) -> None:
+    if purpose not in FILE_PURPOSES.by_name:
+        raise _invalid(
+            "PURPOSE_INVALID",
+            f"'purpose' must be one of {', '.join(FILE_PURPOSES.names)}; got '{purpose}'.",
+            "purpose",
+        )
 
 
 def _invalid(reason: str, message: str, param: str | None = None) -> ServiceError:
@@ -147,12 +156,7 @@ class FileLibrary:
         filename = clean_filename(metadata.filename)
         if not filename:
             raise _invalid("FILENAME_MISSING", "The uploaded file needs a file name.", "file")
-        if metadata.purpose not in PURPOSES:
-            raise _invalid(
-                "PURPOSE_INVALID",
-                f"'purpose' must be one of {', '.join(PURPOSES)}; got '{metadata.purpose}'.",
-                "purpose",
-            )
+        _check_purpose(metadata.purpose)
         if metadata.expires_after_s < 0:
             raise _invalid(
                 "EXPIRY_INVALID", "'expires_after' must be positive.", "expires_after[seconds]"
@@ -217,12 +221,8 @@ class FileLibrary:
     async def list(
         self, team: str, purpose: str | None, limit: int, after: str | None, ascending: bool
     ) -> tuple[list[FileRecord], bool]:
-        if purpose and purpose not in PURPOSES:
-            raise _invalid(
-                "PURPOSE_INVALID",
-                f"'purpose' must be one of {', '.join(PURPOSES)}; got '{purpose}'.",
-                "purpose",
-            )
+        if purpose:
+            _check_purpose(purpose)
         if not 0 <= limit <= MAX_LIST_LIMIT:
             raise _invalid(
                 "LIMIT_INVALID", f"'limit' must be between 1 and {MAX_LIST_LIMIT}.", "limit"

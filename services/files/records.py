@@ -7,7 +7,6 @@ import secrets
 import string
 from dataclasses import dataclass
 
-PURPOSES = ("user_data", "assistants", "batch", "vision", "fine-tune", "evals")
 # OpenAI: "files with purpose=batch expire after 30 days" unless told otherwise.
 DEFAULT_EXPIRY_S = {"batch": 30 * 24 * 3600}
 MAX_FILENAME_CHARS = 255
@@ -51,6 +50,3 @@ class FileRecord:
     created_at: int
     content_type: str
     expires_at: int | None = None
-
-    def expired_at(self, now: float) -> bool:
-        return self.expires_at is not None and self.expires_at <= now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -9,22 +10,12 @@ import grpc
 from aqueduct.files.v1 import files_pb2 as pb
 from aqueduct.files.v1 import files_pb2_grpc
 
-from services.common.errors import Kind, ServiceError
-from services.common.status import abort
+from core.enum_names import FILE_PURPOSES
+from core.errors import Kind, ServiceError
 from services.files.library import FileLibrary
 from services.files.records import FileRecord, UploadMetadata
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-PURPOSE_NAMES: dict[int, str] = {
-    pb.FILE_PURPOSE_USER_DATA: "user_data",
-    pb.FILE_PURPOSE_ASSISTANTS: "assistants",
-    pb.FILE_PURPOSE_BATCH: "batch",
-    pb.FILE_PURPOSE_VISION: "vision",
-    pb.FILE_PURPOSE_FINE_TUNE: "fine-tune",
-    pb.FILE_PURPOSE_EVALS: "evals",
-}
-PURPOSE_VALUES = {name: value for value, name in PURPOSE_NAMES.items()}
 
 
 def file_message(record: FileRecord) -> pb.File:
@@ -32,7 +23,7 @@ def file_message(record: FileRecord) -> pb.File:
         id=record.id,
         team=record.team,
         filename=record.filename,
-        purpose=PURPOSE_VALUES[record.purpose],  # type: ignore[arg-type]
+        purpose=FILE_PURPOSES.by_name[record.purpose],
         bytes=record.bytes,
         created_at=record.created_at,
         expires_at=record.expires_at or 0,
@@ -52,7 +43,7 @@ async def _upload_parts(
             yield UploadMetadata(
                 team=meta.team,
                 filename=meta.filename,
-                purpose=PURPOSE_NAMES.get(meta.purpose, ""),
+                purpose=FILE_PURPOSES.get(meta.purpose, ""),
                 content_type=meta.content_type,
                 expires_after_s=meta.expires_after_seconds,
             )
@@ -65,80 +56,61 @@ class FilesServicer(files_pb2_grpc.FilesServiceServicer):
     async def UploadFile(
         self, request_iterator: AsyncIterator[pb.UploadFileRequest], context: Context
     ) -> pb.UploadFileResponse:
-        try:
-            record = await self.library.upload(_upload_parts(request_iterator))
-        except ServiceError as error:
-            await abort(context, error)
+        record = await self.library.upload(_upload_parts(request_iterator))
         return pb.UploadFileResponse(file=file_message(record))
 
     async def GetFile(self, request: pb.GetFileRequest, context: Context) -> pb.GetFileResponse:
-        try:
-            record = await self.library.get(request.team, request.file_id)
-        except ServiceError as error:
-            await abort(context, error)
+        record = await self.library.get(request.team, request.file_id)
         return pb.GetFileResponse(file=file_message(record))
 
     async def ListFiles(
         self, request: pb.ListFilesRequest, context: Context
     ) -> pb.ListFilesResponse:
-        try:
-            records, has_more = await self.library.list(
-                request.team,
-                PURPOSE_NAMES.get(request.purpose),
-                request.limit,
-                request.after or None,
-                ascending=request.order == pb.SORT_ORDER_ASC,
-            )
-        except ServiceError as error:
-            await abort(context, error)
+        records, has_more = await self.library.list(
+            request.team,
+            FILE_PURPOSES.get(request.purpose),
+            request.limit,
+            request.after or None,
+            ascending=request.order == pb.SORT_ORDER_ASC,
+        )
         return pb.ListFilesResponse(files=[file_message(r) for r in records], has_more=has_more)
 
     async def DeleteFile(
         self, request: pb.DeleteFileRequest, context: Context
     ) -> pb.DeleteFileResponse:
-        try:
-            record = await self.library.delete(request.team, request.file_id)
-        except ServiceError as error:
-            await abort(context, error)
+        record = await self.library.delete(request.team, request.file_id)
         return pb.DeleteFileResponse(file_id=record.id)
 
-    async def DownloadFileContent(
+    async def DownloadFileContent(  # type: ignore[override]  # writes, does not yield
         self, request: pb.DownloadFileContentRequest, context: Context
-    ) -> AsyncIterator[pb.DownloadFileContentResponse]:
-        try:
-            record, chunks = await self.library.content(request.team, request.file_id)
-        except ServiceError as error:
-            await abort(context, error)
-        try:
-            yield pb.DownloadFileContentResponse(file=file_message(record))
+    ) -> None:
+        record, chunks = await self.library.content(request.team, request.file_id)
+        # Closed at once, also when the caller goes away (the call is cancelled here).
+        async with contextlib.aclosing(chunks):
+            await context.write(pb.DownloadFileContentResponse(file=file_message(record)))
             async for chunk in chunks:
-                yield pb.DownloadFileContentResponse(chunk=chunk)
-        finally:
-            await chunks.aclose()  # at once, also when the caller goes away
+                await context.write(pb.DownloadFileContentResponse(chunk=chunk))
 
     async def ExtractFileContent(
         self, request: pb.ExtractFileContentRequest, context: Context
     ) -> pb.ExtractFileContentResponse:
-        try:
-            which = request.WhichOneof("source")
-            if which == "file_id":
-                record, extracted = await self.library.extract_stored(request.team, request.file_id)
-                filename, size = record.filename, record.bytes
-            elif which == "inline":
-                inline = request.inline
-                extracted = await self.library.extract_inline(
-                    inline.filename, inline.content_type, inline.data
-                )
-                filename, size = inline.filename, len(inline.data)
-            else:
-                raise ServiceError(
-                    Kind.INVALID_ARGUMENT,
-                    "SOURCE_MISSING",
-                    "Give a file_id or an inline file.",
-                    "source",
-                )
-        except ServiceError as error:
-            await abort(context, error)
+        which = request.WhichOneof("source")
+        if which == "file_id":
+            record, extracted = await self.library.extract_stored(request.team, request.file_id)
+            filename, size = record.filename, record.bytes
+        elif which == "inline":
+            inline = request.inline
+            extracted = await self.library.extract_inline(
+                inline.filename, inline.content_type, inline.data
+            )
+            filename, size = inline.filename, len(inline.data)
+        else:
+            raise ServiceError(
+                Kind.INVALID_ARGUMENT,
+                "SOURCE_MISSING",
+                "Give a file_id or an inline file.",
+                "source",
+            )
         response = pb.ExtractFileContentResponse(filename=filename, bytes=size)
         if extracted.image_data_url is not None:
             response.image_data_url = extracted.image_data_url

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import env, env_float, env_int, listen_address
+from core.config import env, env_float, env_int, listen_address
 
 
 @dataclass(frozen=True)

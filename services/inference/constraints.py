@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference.generation import ResponseFormat
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference.embedding import Embeddings, EmbedRequest
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference.constraints import grammar_text
 from services.inference.generation import (
     ChatRequest,

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from services.common.config import ConfigError
+from core.config import ConfigError
 
 BACKENDS = ("local", "openai", "local-embedding")
 # What each backend can do: chat completions, embeddings.

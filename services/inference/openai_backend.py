@@ -15,13 +15,16 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
-from services.common.errors import Kind, ServiceError
-from services.inference import openai_wire as wire
+from core.errors import Kind, ServiceError
 from services.inference import tokens
 from services.inference.balancer import Balancer, Replica
 from services.inference.embedding import Embeddings, EmbedRequest
 from services.inference.generation import ChatRequest, CompletionRequest, Event
 from services.inference.models_file import ModelSpec
+from services.inference.openai_wire.chat import ChatChunks, chat_payload
+from services.inference.openai_wire.completions import TextChunks, completion_payload
+from services.inference.openai_wire.embeddings import embeddings_payload, parse_embeddings
+from services.inference.openai_wire.errors import bad_response, rejection
 from services.inference.sse import SseDecoder
 from services.inference.upstream import (
     RETRY_ERRORS,
@@ -77,16 +80,16 @@ class OpenAIBackend:
         return self._generate(
             request,
             "chat/completions",
-            lambda upstream: wire.chat_payload(request, upstream.model),
-            wire.ChatChunks(self.spec.name),
+            lambda upstream: chat_payload(request, upstream.model),
+            ChatChunks(self.spec.name),
         )
 
     def stream_completion(self, request: CompletionRequest) -> AsyncGenerator[Event, None]:
         return self._generate(
             request,
             "completions",
-            lambda upstream: wire.completion_payload(request, upstream.model),
-            wire.TextChunks(self.spec.name),
+            lambda upstream: completion_payload(request, upstream.model),
+            TextChunks(self.spec.name),
         )
 
     async def _generate(
@@ -94,7 +97,7 @@ class OpenAIBackend:
         request: ChatRequest | CompletionRequest,
         path: str,
         payload: Callable[[Upstream], bytes],
-        chunks: wire.ChatChunks,
+        chunks: ChatChunks,
     ) -> AsyncGenerator[Event, None]:
         deadline = asyncio.get_running_loop().time() + self.spec.timeout_s
         replica, response = await self._open(path, payload, STREAM_HEADERS, deadline)
@@ -125,7 +128,7 @@ class OpenAIBackend:
             raise self._timeout() from None
         except MalformedResponse as error:
             self.balancer.failed(replica)
-            raise wire.bad_response(self.spec.name, str(error)) from None
+            raise bad_response(self.spec.name, str(error)) from None
         except TRANSPORT_ERRORS as error:
             self.balancer.failed(replica)
             log.warning(
@@ -146,13 +149,13 @@ class OpenAIBackend:
         deadline = asyncio.get_running_loop().time() + self.spec.timeout_s
         replica, response = await self._open(
             "embeddings",
-            lambda upstream: wire.embeddings_payload(request, upstream.model),
+            lambda upstream: embeddings_payload(request, upstream.model),
             JSON_HEADERS,
             deadline,
         )
         try:
             body = await response.read_all(MAX_EMBEDDINGS_BODY, self._too_large)
-            matrix, prompt_tokens = wire.parse_embeddings(body, len(request.inputs), self.spec.name)
+            matrix, prompt_tokens = parse_embeddings(body, len(request.inputs), self.spec.name)
         except ServiceError:
             self.balancer.failed(replica)
             raise
@@ -220,16 +223,16 @@ class OpenAIBackend:
             try:
                 answer = await response.read_all(
                     MAX_ERROR_BODY,
-                    lambda: wire.bad_response(self.spec.name, "error body too large"),
+                    lambda: bad_response(self.spec.name, "error body too large"),
                 )
-                refusal = wire.rejection(
+                refusal = rejection(
                     response.status_code,
                     answer,
                     response.headers.get("retry-after"),
                     self.spec.name,
                 )
             except ERROR_BODY_UNREADABLE:
-                refusal = wire.rejection(response.status_code, b"", None, self.spec.name)
+                refusal = rejection(response.status_code, b"", None, self.spec.name)
             except BaseException:
                 self.balancer.abandoned(replica)
                 self.balancer.release(replica)
@@ -262,7 +265,7 @@ class OpenAIBackend:
 
     def _unreachable(self, error: BaseException) -> ServiceError:
         if isinstance(error, MalformedResponse):  # it answered, but not in HTTP
-            return wire.bad_response(self.spec.name, str(error))
+            return bad_response(self.spec.name, str(error))
         if isinstance(error, ConnectTimeout):
             return ServiceError(
                 Kind.DEADLINE_EXCEEDED,
@@ -295,4 +298,4 @@ class OpenAIBackend:
         )
 
     def _too_large(self) -> ServiceError:
-        return wire.bad_response(self.spec.name, "the answer is too large")
+        return bad_response(self.spec.name, "the answer is too large")

@@ -8,8 +8,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.config import ConfigError
-from services.common.errors import Kind, ServiceError
+from core.config import ConfigError
+from core.errors import Kind, ServiceError
 from services.inference.config import Settings
 from services.inference.embedding import EmbeddingBackend
 from services.inference.generation import Backend, ChatBackend

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference import strict
 from services.inference.catalog import Catalog
 from services.inference.embedding import Embeddings, EmbedRequest

@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import orjson
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference.generation import Event, Finish, ResponseFormat, Routed
 
 

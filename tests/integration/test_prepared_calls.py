@@ -15,8 +15,8 @@ import pytest
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 
+from core.status import error_info
 from edge.prepared_calls import GenerationCalls
-from services.common.status import error_info
 from services.inference.config import Settings
 from services.inference.server import InferenceServer
 from tests.fake_upstream import FakeUpstream, Reply

@@ -25,7 +25,7 @@ import sqlalchemy
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common.config import DEFAULT_ADDRESSES
+from core.config import DEFAULT_ADDRESSES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -6,9 +6,9 @@ import grpc
 import pytest
 from grpc.aio import AioRpcError, Metadata
 
+from core.errors import Kind, ServiceError
+from core.status import to_grpc_status
 from edge.errors import from_rpc_error
-from services.common.errors import Kind, ServiceError
-from services.common.status import to_grpc_status
 
 
 def rpc_error(kind: Kind, reason: str, message: str, param: str | None = None) -> AioRpcError:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.config import ConfigError
 from edge.grpc_clients import channel_target
-from services.common.config import ConfigError
 
 
 def test_single_ip_and_dns_targets() -> None:

@@ -8,9 +8,9 @@ from typing import Any
 import grpc
 import pytest
 
+from core.errors import Kind, ServiceError
+from core.status import to_grpc_status
 from edge.prepared_calls import GenerationCalls
-from services.common.errors import Kind, ServiceError
-from services.common.status import to_grpc_status
 
 
 class FakeCall:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from grpc.aio import AioRpcError, Metadata
 
+from core.errors import Kind, ServiceError
+from core.status import to_grpc_status
 from edge.errors import from_rpc_error
-from services.common.errors import Kind, ServiceError
-from services.common.status import to_grpc_status
-from services.inference import openai_wire
+from services.inference.openai_wire.errors import bad_response, rejection
 
 
 def rpc_error(error: ServiceError) -> AioRpcError:
@@ -35,20 +35,20 @@ def rpc_error(error: ServiceError) -> AioRpcError:
 )
 def test_upstream_statuses(status: int, http: int, type_: str) -> None:
     body = b'{"error": {"message": "from upstream"}}'
-    error = from_rpc_error(rpc_error(openai_wire.rejection(status, body, None, "m")), "inference")
+    error = from_rpc_error(rpc_error(rejection(status, body, None, "m")), "inference")
     assert (error.status, error.type) == (http, type_)
     assert "from upstream" in error.message
 
 
 def test_garbage_is_502_with_its_message() -> None:
-    bad = openai_wire.bad_response("m", "the answer is not an OpenAI event stream")
+    bad = bad_response("m", "the answer is not an OpenAI event stream")
     error = from_rpc_error(rpc_error(bad), "inference")
     assert error.status == 502 and "not an OpenAI event stream" in error.message
     assert error.code == "upstream_bad_response"
 
 
 def test_retry_after_becomes_the_header() -> None:
-    limited = openai_wire.rejection(429, b"{}", "30", "m")
+    limited = rejection(429, b"{}", "30", "m")
     assert from_rpc_error(rpc_error(limited), "inference").headers["retry-after"] == "30"
 
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.files.extract import ExtractError
 from services.files.extractor import ExtractionTimeout, Extractor
 from services.files.library import FileLibrary, Limits

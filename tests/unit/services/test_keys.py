@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import Kind, ServiceError
 from services.auth.authority import KeyAuthority, bootstrap_admin
 from services.auth.keys import KeyRecord, hash_secret, new_key_id, new_secret, preview
 from services.auth.store import KeyStore
-from services.common.errors import Kind, ServiceError
 
 
 def test_secrets_are_prefixed_long_and_unique() -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from services.common.config import ConfigError
+from core.config import ConfigError
 from services.inference import models_file
 
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import uvloop
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference.generation import ChatRequest, Message
 from services.inference.models_file import ModelSpec, UpstreamSpec
 from services.inference.openai_backend import OpenAIBackend, UpstreamOptions

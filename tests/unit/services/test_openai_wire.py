@@ -8,10 +8,12 @@ import struct
 import orjson
 import pytest
 
-from services.common.errors import Kind, ServiceError
-from services.inference import openai_wire as wire
+from core.errors import Kind, ServiceError
 from services.inference.embedding import EmbedRequest
 from services.inference.generation import ChatRequest, Delta, Message, Sampling
+from services.inference.openai_wire.chat import ChatChunks, chat_payload
+from services.inference.openai_wire.embeddings import embeddings_payload, parse_embeddings
+from services.inference.openai_wire.errors import rejection
 
 REQUEST = ChatRequest(
     "m", (Message("system", "Be brief."), Message("user", "Hi", "ann")), Sampling(max_tokens=5)
@@ -26,7 +28,7 @@ def chunk(content: str | None = None, finish: str | None = None, **extra: object
 
 
 def test_chat_payload_always_streams_with_usage_and_only_set_parameters() -> None:
-    body = orjson.loads(wire.chat_payload(REQUEST, "served"))
+    body = orjson.loads(chat_payload(REQUEST, "served"))
     assert body == {
         "model": "served",
         "messages": [
@@ -40,7 +42,7 @@ def test_chat_payload_always_streams_with_usage_and_only_set_parameters() -> Non
 
 
 def test_chunks_of_one_read_stay_one_delta_each() -> None:
-    chunks = wire.ChatChunks("m")
+    chunks = ChatChunks("m")
     assert chunks.feed([chunk("Hel"), chunk("lo")]) == [
         Delta(0, "Hel", tokens=1),
         Delta(0, "lo", tokens=1),
@@ -59,7 +61,7 @@ def test_chunks_of_one_read_stay_one_delta_each() -> None:
 
 
 def test_usage_is_estimated_when_missing() -> None:
-    chunks = wire.ChatChunks("m")
+    chunks = ChatChunks("m")
     chunks.feed([chunk("a" * 40), chunk("b"), chunk(finish="function_call"), b"[DONE]"])
     finish = chunks.finish(REQUEST)
     assert finish.finish_reasons == {0: "stop"}  # reasons we do not model become stop
@@ -77,30 +79,30 @@ def test_usage_is_estimated_when_missing() -> None:
 )
 def test_garbage_events_are_bad_responses(events: list[bytes], problem: str) -> None:
     with pytest.raises(ServiceError) as caught:
-        wire.ChatChunks("m").feed(events)
+        ChatChunks("m").feed(events)
     assert caught.value.reason == "UPSTREAM_BAD_RESPONSE"
     assert problem in caught.value.message
 
 
 def test_an_error_event_mid_stream_is_an_upstream_error() -> None:
     with pytest.raises(ServiceError) as caught:
-        wire.ChatChunks("m").feed([orjson.dumps({"error": {"message": "GPU on fire"}})])
+        ChatChunks("m").feed([orjson.dumps({"error": {"message": "GPU on fire"}})])
     assert caught.value.reason == "UPSTREAM_ERROR" and "GPU on fire" in caught.value.message
 
 
 def test_a_cut_stream_is_a_bad_response() -> None:
-    chunks = wire.ChatChunks("m")
+    chunks = ChatChunks("m")
     chunks.feed([chunk("partial")])
     with pytest.raises(ServiceError) as caught:
         chunks.finish(REQUEST)
     assert "ended before the completion finished" in caught.value.message
     with pytest.raises(ServiceError) as nothing:
-        wire.ChatChunks("m").finish(REQUEST)
+        ChatChunks("m").finish(REQUEST)
     assert "not an OpenAI event stream" in nothing.value.message
 
 
 def test_a_whole_completion_is_accepted() -> None:
-    chunks = wire.ChatChunks("m")
+    chunks = ChatChunks("m")
     body = {
         "choices": [{"index": 0, "message": {"content": "hey"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 3, "completion_tokens": 1},
@@ -125,7 +127,7 @@ def test_a_whole_completion_is_accepted() -> None:
 )
 def test_rejections_by_status(status: int, kind: Kind, reason: str) -> None:
     body = orjson.dumps({"error": {"message": "nope", "param": "messages"}})
-    error = wire.rejection(status, body, None, "m")
+    error = rejection(status, body, None, "m")
     assert (error.kind, error.reason) == (kind, reason)
     assert "nope" in error.message
     if status < 500:
@@ -134,19 +136,19 @@ def test_rejections_by_status(status: int, kind: Kind, reason: str) -> None:
 
 
 def test_429_carries_retry_after_in_seconds() -> None:
-    assert wire.rejection(429, b"", "12", "m").metadata["retry_after_s"] == "12"
-    date = wire.rejection(429, b"", "Thu, 01 Jan 2099 00:00:00 GMT", "m")
+    assert rejection(429, b"", "12", "m").metadata["retry_after_s"] == "12"
+    date = rejection(429, b"", "Thu, 01 Jan 2099 00:00:00 GMT", "m")
     assert float(date.metadata["retry_after_s"]) > 1e9
-    assert "retry_after_s" not in wire.rejection(429, b"", "soon", "m").metadata
+    assert "retry_after_s" not in rejection(429, b"", "soon", "m").metadata
 
 
 def test_plain_text_error_bodies_become_the_message() -> None:
-    assert wire.rejection(400, b"model\nnot loaded", None, "m").message == "model not loaded"
+    assert rejection(400, b"model\nnot loaded", None, "m").message == "model not loaded"
 
 
 def test_embeddings_payload_and_answer() -> None:
     request = EmbedRequest("m", ("a", (1, 2)), dimensions=4, input_type="query")
-    body = orjson.loads(wire.embeddings_payload(request, "served"))
+    body = orjson.loads(embeddings_payload(request, "served"))
     assert body == {
         "model": "served",
         "input": ["a", [1, 2]],
@@ -159,7 +161,7 @@ def test_embeddings_payload_and_answer() -> None:
         "data": [{"index": 1, "embedding": packed}, {"index": 0, "embedding": [1, 2]}],
         "usage": {"prompt_tokens": 4},
     }
-    matrix, tokens = wire.parse_embeddings(orjson.dumps(answer), 2, "m")
+    matrix, tokens = parse_embeddings(orjson.dumps(answer), 2, "m")
     assert matrix.tolist() == [[1.0, 2.0], [0.5, -1.0]] and tokens == 4
 
 
@@ -175,5 +177,5 @@ def test_embeddings_payload_and_answer() -> None:
 )
 def test_bad_embeddings_answers(answer: dict[str, object]) -> None:
     with pytest.raises(ServiceError) as caught:
-        wire.parse_embeddings(orjson.dumps(answer), 2, "m")
+        parse_embeddings(orjson.dumps(answer), 2, "m")
     assert caught.value.reason == "UPSTREAM_BAD_RESPONSE"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.errors import Kind, ServiceError
+from core.errors import Kind, ServiceError
 from services.inference.config import Settings
 from services.inference.generation import ChatRequest, Delta, Event, Finish, Message, Routed
 from services.inference.models_file import ModelSpec

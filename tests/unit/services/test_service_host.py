@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.common.config import ConfigError
+from core.config import ConfigError
 from services.common.grpc_server import ServiceHost
 
 

@@ -8,8 +8,7 @@ from collections.abc import AsyncGenerator
 import orjson
 import pytest
 
-from services.common.errors import Kind, ServiceError
-from services.inference import openai_wire as wire
+from core.errors import Kind, ServiceError
 from services.inference.constraints import grammar_text, unenforceable_keyword
 from services.inference.generation import (
     ChatRequest,
@@ -23,6 +22,7 @@ from services.inference.generation import (
     ToolCall,
     ToolCallDelta,
 )
+from services.inference.openai_wire.chat import ChatChunks, chat_payload
 from services.inference.strict import checked, output_problem
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -90,25 +90,23 @@ def test_chat_payload_carries_the_new_parameters() -> None:
         logit_bias=((5, -100.0),),
         response_format=ResponseFormat("json_schema", '{"type":"object"}', True, "o"),
     )
-    body = orjson.loads(
-        wire.chat_payload(ChatRequest("m", (Message("user", "x"),), sampling), "up")
-    )
+    body = orjson.loads(chat_payload(ChatRequest("m", (Message("user", "x"),), sampling), "up"))
     assert body["n"] == 2 and body["logprobs"] is True and body["top_logprobs"] == 3
     assert body["logit_bias"] == {"5": -100.0}
     assert body["response_format"] == {
         "type": "json_schema",
         "json_schema": {"name": "o", "schema": {"type": "object"}, "strict": True},
     }
-    plain = orjson.loads(wire.chat_payload(ChatRequest("m", (Message("user", "x"),)), "up"))
+    plain = orjson.loads(chat_payload(ChatRequest("m", (Message("user", "x"),)), "up"))
     assert not {"n", "logprobs", "logit_bias", "response_format"} & set(plain)
     grammar = Sampling(response_format=ResponseFormat("grammar", grammar="root ::= x"))
     with pytest.raises(ServiceError) as caught:
-        wire.chat_payload(ChatRequest("m", (Message("user", "x"),), grammar), "up")
+        chat_payload(ChatRequest("m", (Message("user", "x"),), grammar), "up")
     assert caught.value.param == "response_format"
 
 
 def test_upstream_logprobs_are_parsed_per_choice() -> None:
-    chunks = wire.ChatChunks("m")
+    chunks = ChatChunks("m")
     entry = {
         "token": "hi",
         "logprob": -0.25,
@@ -136,7 +134,7 @@ def test_tools_and_tool_messages_go_upstream_as_openai_names_them() -> None:
         tool_choice_json='"auto"',
         parallel_tool_calls=True,
     )
-    body = orjson.loads(wire.chat_payload(request, "up"))
+    body = orjson.loads(chat_payload(request, "up"))
     assert body["tools"] == [{"type": "function", "function": {"name": "f"}}]
     assert body["tool_choice"] == "auto" and body["parallel_tool_calls"] is True
     assert body["messages"][0] == {
@@ -150,7 +148,7 @@ def test_tools_and_tool_messages_go_upstream_as_openai_names_them() -> None:
 
 
 def test_upstream_tool_calls_are_parsed() -> None:
-    chunks = wire.ChatChunks("m")
+    chunks = ChatChunks("m")
     call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{"}}
     event = {
         "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": "tool_calls"}]

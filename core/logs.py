@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from core.request_id import REQUEST_ID
+
 # uvicorn adds an ANSI-coloured copy of its message; the plain one is enough.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {
     "message",
@@ -30,6 +32,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        request_id = REQUEST_ID.get()
+        if request_id:
+            entry["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS:
                 entry[key] = value

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
-
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.common.errors import Kind, ServiceError
+from core.errors import ServiceError
 
 ERROR_DOMAIN = "aqueduct"
 
@@ -27,11 +25,6 @@ def to_grpc_status(error: ServiceError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> NoReturn:
-    await context.abort_with_status(to_grpc_status(error))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
-
-
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo detail a failed call carries, if any."""
     for key, value in error.trailing_metadata() or ():
@@ -44,10 +37,3 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
                 detail.Unpack(info)
                 return info
     return None
-
-
-def kind_of(code: grpc.StatusCode) -> Kind:
-    try:
-        return Kind(code.name)
-    except ValueError:
-        return Kind.INTERNAL

@@ -1,8 +1,9 @@
 """Domain errors shared by every service, free of any transport.
 
-A service's domain code raises `ServiceError`; its servicer turns it into a gRPC
-status with a `google.rpc.ErrorInfo` detail, and the edge turns that into the
-OpenAI error shape. `Kind` names are gRPC status code names on purpose.
+A service's domain code raises `ServiceError`; the shared server interceptor
+(services/common/interceptors.py) turns it into a gRPC status with a
+`google.rpc.ErrorInfo` detail, and the edge turns that into the OpenAI error
+shape. `Kind` names are gRPC status code names on purpose.
 """
 
 from __future__ import annotations
