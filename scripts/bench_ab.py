@@ -1,0 +1,237 @@
+"""Two Aqueduct trees side by side: gateway CPU per request and requests/s, old vs new.
+
+    python -m scripts.bench_ab OLD_TREE NEW_TREE [--rounds 3] [--duration 8]
+
+Each tree is a checkout with its own `.venv` (`make setup` in it). Both gateways
+(all four processes each) are pinned to CPU 1, the mock upstream and wrk to CPU 0,
+and each (mode, connections) cell runs old and new back to back, order swapped
+every round, so that a machine whose speed drifts treats both alike. CPU per
+request is the gateway processes' user+system time over the requests wrk counted.
+Requests use a key with limits high enough never to bite (every request reserves
+and settles, as real keys do). Bounded: every wrk run has a duration, every wait
+a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
+MOCK_PORT = 18001
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Gateway:
+    name: str
+    tree: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    key: str = ""
+    results: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, work: Path, offset: int) -> None:
+        data = work / self.name
+        data.mkdir()
+        models = data / "models.yaml"
+        models.write_text(
+            "models:\n  - name: mock\n    backend: openai\n"
+            f'    upstreams: [{{url: "http://127.0.0.1:{MOCK_PORT}/v1", api_key: bench}}]\n'
+        )
+        admin = "sk-aq-bench-" + secrets.token_urlsafe(24)
+        env = {
+            **os.environ,
+            "AQUEDUCT_DATA_DIR": str(data),
+            "AQUEDUCT_MODELS_CONFIG": str(models),
+            "AQUEDUCT_BOOTSTRAP_KEY": admin,
+            "AQUEDUCT_HTTP_PORT": str(self.port),
+            "AQUEDUCT_LOG_LEVEL": "WARNING",
+            **{
+                f"AQUEDUCT_{s}_ADDR": f"127.0.0.1:{51051 + offset * 10 + i}"
+                for i, s in enumerate(("AUTH", "FILES", "INFERENCE"))
+            },
+        }
+        self.process = subprocess.Popen(
+            ["taskset", "-c", "1", str(self.tree / ".venv/bin/python"), "-m", "scripts.run"],
+            cwd=self.tree,
+            env=env,
+            stdout=(data / "run.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        _wait(lambda: _get(f"{self.base}/readyz") == 200, 120, f"{self.name} ready")
+        self.key = _create_limited_key(self.base, admin)
+
+    def cpu_s(self) -> float:
+        """User+system time of the supervisor's children so far."""
+        assert self.process is not None
+        total = 0
+        for pid in _children(self.process.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / TICKS
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return int(answer.status)
+    except OSError:
+        return 0
+
+
+def _create_limited_key(base: str, admin: str) -> str:
+    body = json.dumps(
+        {
+            "name": "bench",
+            "limits": {
+                "rpm": 10_000_000,
+                "input_tpm": 1_000_000_000,
+                "output_tpm": 1_000_000_000,
+                "max_concurrent": 100_000,
+            },
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{base}/v1/admin/keys",
+        data=body,
+        headers={"Authorization": f"Bearer {admin}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return str(json.load(answer)["key"])
+
+
+def _wait(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def wrk(gateway: Gateway, conns: int, duration: float, stream: bool) -> tuple[float, float]:
+    """(requests/s, gateway CPU ms per request) of one timed run."""
+    env = {
+        **os.environ,
+        "BENCH_MODEL": "mock",
+        "BENCH_KEY": gateway.key,
+        "BENCH_STREAM": "1" if stream else "0",
+    }
+    command = [
+        "taskset", "-c", "0", "wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{duration}s",
+        "-s", str(BENCH / "chat.lua"), f"{gateway.base}/v1/chat/completions",
+    ]  # fmt: skip
+    before = gateway.cpu_s()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 60)
+    cpu = gateway.cpu_s() - before
+    line = next(x for x in done.stdout.splitlines() if x.startswith("WRKJSON "))
+    result = json.loads(line[len("WRKJSON ") :])
+    errors = sum(result[k] for k in ("connect_err", "read_err", "status_err", "timeout_err"))
+    if errors:
+        raise SystemExit(f"{gateway.name}: {errors} errors in wrk run: {result}")
+    requests = result["requests"]
+    return requests / (result["duration_us"] / 1e6), 1000 * cpu / max(requests, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--conns", default="1,16")
+    args = parser.parse_args()
+    gateways = [
+        Gateway("old", args.old.resolve(), 18101),
+        Gateway("new", args.new.resolve(), 18102),
+    ]
+    python = args.new.resolve() / ".venv/bin/python"
+    mock = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            "0",
+            str(python),
+            str(BENCH / "mock_upstream.py"),
+            "--port",
+            str(MOCK_PORT),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    cells = [(c, s) for s in (False, True) for c in map(int, args.conns.split(","))]
+    try:
+        with tempfile.TemporaryDirectory(prefix="aqueduct-ab-") as work:
+            for offset, gateway in enumerate(gateways):
+                gateway.start(Path(work), offset)
+            for gateway in gateways:  # warm up both
+                for conns, stream in cells:
+                    wrk(gateway, conns, 2, stream)
+            for round_ in range(args.rounds):
+                for conns, stream in cells:
+                    order = gateways if round_ % 2 == 0 else gateways[::-1]
+                    for gateway in order:
+                        cell = f"{'stream' if stream else 'json'} c={conns}"
+                        gateway.results.setdefault(cell, []).append(
+                            wrk(gateway, conns, args.duration, stream)
+                        )
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        mock.terminate()
+    columns = " | ".join(f"{g.name} req/s | {g.name} CPU ms/req" for g in gateways)
+    print(f"| cell | {columns} | CPU new/old |")
+    print("|---|" + "---:|" * (2 * len(gateways) + 1))
+    for cell in gateways[0].results:
+        row = []
+        cpus = []
+        for gateway in gateways:
+            rps = statistics.median(r for r, _ in gateway.results[cell])
+            cpu = statistics.median(c for _, c in gateway.results[cell])
+            cpus.append(cpu)
+            row += [f"{rps:.0f}", f"{cpu:.2f}"]
+        print(f"| {cell} | {' | '.join(row)} | {cpus[1] / cpus[0]:.3f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
