@@ -33,7 +33,7 @@ from edge.grpc_clients import open_channel
 from edge.http import EventStream, error_response, json_response, request_id
 from edge.limits import Limiter
 from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
-from edge.prepared_calls import GenerationCalls
+from edge.prepared_calls import GenerationCalls, prepared_method
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response | EventStream]]
@@ -52,10 +52,20 @@ class Gateway:
         }
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
         self.chat_calls = GenerationCalls(
-            self.inference.PreparedChatCompletion, self.inference.StreamChatCompletion
+            prepared_method(
+                self.channels["inference"],
+                "PreparedChatCompletion",
+                pb.StreamChatCompletionResponse,
+            ),
+            self.inference.StreamChatCompletion,
         )
         self.completion_calls = GenerationCalls(
-            self.inference.PreparedCompletion, self.inference.StreamCompletion
+            prepared_method(
+                self.channels["inference"],
+                "PreparedCompletion",
+                pb.StreamCompletionResponse,
+            ),
+            self.inference.StreamCompletion,
         )
         auth = auth_pb2_grpc.AuthServiceStub(self.channels["auth"])
         self.authenticator = Authenticator(auth, settings.key_cache_ttl_s)

@@ -143,7 +143,7 @@ class Limiter:
     def __init__(self, stub: AuthServiceAsyncStub, default_output_tokens: int) -> None:
         self.stub = stub
         self.default_output_tokens = default_output_tokens
-        self._queue: list[pb.SettleQuotaRequest] = []
+        self._queue: list[pb.Settlement] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._sending = False
@@ -188,7 +188,7 @@ class Limiter:
         LEDGER_BATCH_S, so that even a lightly loaded edge sends few calls.
         """
         self._queue.append(
-            pb.SettleQuotaRequest(
+            pb.Settlement(
                 reservation=admission.reservation, usage=usage.record(admission.principal)
             )
         )
@@ -215,7 +215,7 @@ class Limiter:
                 finally:
                     self._sending = False
 
-    async def _send(self, batch: list[pb.SettleQuotaRequest]) -> None:
+    async def _send(self, batch: list[pb.Settlement]) -> None:
         request = pb.SettleQuotasRequest(settles=batch)
         for attempt in range(SETTLE_ATTEMPTS):
             try:

@@ -41,6 +41,11 @@ IDLE_CALL_CLOSED = ServiceError(
     "the request was not read. Send it on another call.",
 )
 
+# A prepared call answers with its own message types, which have the plain
+# call's fields: the same code writes both.
+ChatResponse = type[pb.StreamChatCompletionResponse] | type[pb.PreparedChatCompletionResponse]
+CompletionResponse = type[pb.StreamCompletionResponse] | type[pb.PreparedCompletionResponse]
+
 FINISH_REASONS = {
     "tool_calls": pb.FINISH_REASON_TOOL_CALLS,
     "stop": pb.FINISH_REASON_STOP,
@@ -189,7 +194,7 @@ def summary_message(finish: Finish, model: str, provider: str = "") -> pb.Summar
 
 async def write_stream(
     events: AsyncGenerator[Event | Routed, None],
-    response: type[pb.StreamChatCompletionResponse] | type[pb.StreamCompletionResponse],
+    response: ChatResponse | CompletionResponse,
     model: str,
     context: grpc.aio.ServicerContext[Any, Any],
 ) -> None:
@@ -300,42 +305,53 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def StreamChatCompletion(  # type: ignore[override]  # writes, does not yield
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
+        await self._chat(request, pb.StreamChatCompletionResponse, context)
+
+    async def StreamCompletion(  # type: ignore[override]  # writes, does not yield
+        self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        await self._completion(request, pb.StreamCompletionResponse, context)
+
+    async def PreparedChatCompletion(  # type: ignore[override]  # writes, does not yield
+        self,
+        request_iterator: AsyncIterator[pb.PreparedChatCompletionRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        prepared = await self._first_request(context)
+        if prepared is not None:
+            await self._chat(prepared.request, pb.PreparedChatCompletionResponse, context)
+
+    async def PreparedCompletion(  # type: ignore[override]  # writes, does not yield
+        self,
+        request_iterator: AsyncIterator[pb.PreparedCompletionRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        prepared = await self._first_request(context)
+        if prepared is not None:
+            await self._completion(prepared.request, pb.PreparedCompletionResponse, context)
+
+    async def _chat(
+        self,
+        request: pb.StreamChatCompletionRequest,
+        response: ChatResponse,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
         try:
             chat = chat_request(request)
         except ServiceError as error:
             await abort(context, error)
-        await write_stream(
-            self.router.stream_chat(chat), pb.StreamChatCompletionResponse, request.model, context
-        )
+        await write_stream(self.router.stream_chat(chat), response, request.model, context)
 
-    async def StreamCompletion(  # type: ignore[override]  # writes, does not yield
-        self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    async def _completion(
+        self,
+        request: pb.StreamCompletionRequest,
+        response: CompletionResponse,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
         try:
             completion = completion_request(request)
         except ServiceError as error:
             await abort(context, error)
         await write_stream(
-            self.router.stream_completion(completion),
-            pb.StreamCompletionResponse,
-            request.model,
-            context,
+            self.router.stream_completion(completion), response, request.model, context
         )
-
-    async def PreparedChatCompletion(  # type: ignore[override]  # writes, does not yield
-        self,
-        request_iterator: AsyncIterator[pb.StreamChatCompletionRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        request = await self._first_request(context)
-        if request is not None:
-            await self.StreamChatCompletion(request, context)
-
-    async def PreparedCompletion(  # type: ignore[override]  # writes, does not yield
-        self,
-        request_iterator: AsyncIterator[pb.StreamCompletionRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> None:
-        request = await self._first_request(context)
-        if request is not None:
-            await self.StreamCompletion(request, context)
