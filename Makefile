@@ -5,8 +5,12 @@ PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN    := gen/.generated
+# buf (the proto linter) from the npm registry, pinned, kept in .tools/ (git-ignored).
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+BUF_OK := .tools/.buf-$(BUF_VERSION)
 
-.PHONY: setup proto run test unit integration lint bench clean
+.PHONY: setup proto run test unit integration lint lint-proto bench clean
 
 setup: $(GEN)
 
@@ -32,6 +36,17 @@ $(GEN): $(DEPS) $(PROTOS)
 
 proto: $(GEN)
 
+$(BUF_OK):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+	touch $@
+
+# The proto contract: buf.yaml's rules, and no breaking change against the
+# previous commit on main (scripts/proto_breaking.sh says which commit that is,
+# and when there is none to compare with).
+lint-proto: $(BUF_OK)
+	$(BUF) lint
+	BUF=$(BUF) scripts/proto_breaking.sh
+
 run: setup
 	$(PY) -m scripts.run
 
@@ -44,7 +59,7 @@ unit: setup
 integration: setup
 	$(PY) -m pytest tests/integration
 
-lint: setup
+lint: setup lint-proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy services edge scripts
@@ -54,4 +69,4 @@ bench: setup
 	bash scripts/bench.sh $(ARGS)
 
 clean:
-	rm -rf gen .pytest_cache
+	rm -rf gen .pytest_cache .tools
