@@ -62,7 +62,7 @@ integration: setup
 lint: setup lint-proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy services edge scripts
+	$(VENV)/bin/mypy core services edge scripts
 
 # Load test beside LiteLLM on ../shared/bench (about 5 minutes a round).
 bench: setup

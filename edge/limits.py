@@ -18,8 +18,8 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2
 
+from core.limit_names import LIMIT_NAMES
 from edge.errors import ApiError, duration, from_rpc_error
-from services.auth.keys import LIMIT_NAMES
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub

@@ -24,8 +24,8 @@ from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.auth.v1 import auth_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
+from core.limit_names import LIMIT_NAMES
 from services.auth.authority import BOOTSTRAP_FILE
-from services.auth.keys import LIMIT_NAMES
 from services.common.config import data_dir, listen_address
 
 GROUPS = {

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from core.limit_names import LIMIT_NAMES
 from services.auth.events import EventHub
 from services.auth.keys import (
-    LIMIT_NAMES,
     KeyRecord,
     Limits,
     hash_secret,
