@@ -14,24 +14,30 @@ BUF_OK := .tools/.buf-$(BUF_VERSION)
 
 setup: $(GEN)
 
-# llama-cpp-python compiles from source; pip's wheel cache makes re-installs quick.
-$(DEPS): requirements.txt requirements-nodeps.txt
+# Pinned dependencies: requirements-dev.txt is the runtime set (requirements.txt)
+# plus what builds, tests and lints. llama-cpp-python compiles from source;
+# pip's wheel cache makes re-installs quick.
+$(DEPS): requirements.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -r requirements.txt
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
-# Generated code lives in gen/ (not committed); a .pth file puts it and the
-# repository root on the environment's import path.
-$(GEN): $(DEPS) $(PROTOS)
+# The gRPC code is generated into gen/ (not committed), then the project is
+# installed editable: code changes take effect without reinstalling, and gen/
+# is one of its package roots (pyproject.toml), so it installs after gen/ is
+# there. A new proto package reinstalls it with the next generation.
+# (setuptools warns that folders named like the packages may shadow them: here
+# they are those very folders.)
+$(GEN): $(DEPS) $(PROTOS) pyproject.toml
 	rm -rf gen.tmp && mkdir -p gen.tmp
 	$(PY) -m grpc_tools.protoc -I proto --python_out=gen.tmp --grpc_python_out=gen.tmp \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen.tmp \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen.tmp \
 		$(PROTOS)
 	rm -rf gen && mv gen.tmp gen
-	$(PY) -c "import site; open(site.getsitepackages()[0] + '/aqueduct.pth', 'w').write('$(CURDIR)/gen\n$(CURDIR)\n')"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --editable .
 	touch $@
 
 proto: $(GEN)
