@@ -22,8 +22,8 @@ from starlette.types import Receive, Scope, Send
 
 from edge.admin import AdminApi
 from edge.auth import Authenticator
-from edge.chat import ChatHandler
-from edge.completions import CompletionsHandler
+from edge.chat import ChatRoute
+from edge.completions import CompletionsRoute
 from edge.config import Settings
 from edge.embeddings import EmbeddingsHandler
 from edge.errors import ApiError, from_rpc_error
@@ -33,6 +33,7 @@ from edge.grpc_clients import open_channel
 from edge.http import EventStream, error_response, json_response, request_id
 from edge.limits import Limiter
 from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
+from edge.pipeline import GenerationHandler
 from edge.prepared_calls import GenerationCalls, prepared_method
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ class Gateway:
         )
         files = files_pb2_grpc.FilesServiceStub(self.channels["files"])
         self.files = FilesApi(self.authenticator, files)
-        self.chat = ChatHandler(
+        self.chat = GenerationHandler(
+            ChatRoute(),
             self.authenticator,
             self.limiter,
             self.chat_calls,
@@ -84,8 +86,12 @@ class Gateway:
                 files, settings.max_file_part_bytes, settings.max_file_parts_total_bytes
             ),
         )
-        self.completions = CompletionsHandler(
-            self.authenticator, self.limiter, self.completion_calls, settings.max_body_bytes
+        self.completions = GenerationHandler(
+            CompletionsRoute(),
+            self.authenticator,
+            self.limiter,
+            self.completion_calls,
+            settings.max_body_bytes,
         )
         self.embeddings = EmbeddingsHandler(
             self.authenticator, self.limiter, self.inference, settings.max_body_bytes

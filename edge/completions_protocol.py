@@ -13,21 +13,25 @@ from typing import Any
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
-from edge.chat_protocol import (
+from edge.chat_request import PendingContent
+from edge.errors import invalid
+from edge.rendering import (
     FINISH_REASONS,
-    TOOL_PARAMS,
-    UNSUPPORTED_PARAMS,
     ChoiceText,
     Completion,
     each_delta,
+    provider_field,
+    sse_chunk,
+    usage_json,
+)
+from edge.request_fields import (
+    TOOL_PARAMS,
+    UNSUPPORTED_PARAMS,
     object_with_model,
     parse_fallback_models,
     parse_sampling,
     parse_stream,
-    sse_chunk,
-    usage_json,
 )
-from edge.errors import invalid
 
 MAX_PROMPTS = 2048
 MAX_LOGPROBS = 5
@@ -43,6 +47,7 @@ class CompletionCall:
     stream: bool
     include_usage: bool
     logprobs: int | None  # None: no log probabilities in the answer
+    pending: tuple[PendingContent, ...] = ()  # prompts have no file parts
 
 
 def parse_completion_request(raw: object) -> CompletionCall:
@@ -205,8 +210,7 @@ def completion_json(
             "object": "text_completion",
             "created": meta.created,
             "model": summary.model or meta.model,
-            "provider": summary.provider or meta.provider or None,
-            "system_fingerprint": None,
+            **provider_field(summary.provider or meta.provider),
             "choices": rendered,
             "usage": usage_json(summary.usage),
         }
@@ -224,6 +228,9 @@ class CompletionWriter:
 
     def _chunk(self, choices: list[dict[str, Any]], usage: object = None) -> bytes:
         return sse_chunk(self.meta, "text_completion", choices, self.include_usage, usage)
+
+    def start(self) -> bytes:
+        return b""  # text completions send no role event
 
     def deltas(self, batch: pb.DeltaBatch) -> bytes:
         """One event per delta, all of the batch in one write."""

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
-from edge.chat_protocol import object_with_model, parse_fallback_models
 from edge.errors import invalid
+from edge.request_fields import object_with_model, parse_fallback_models
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 MAX_DIMENSIONS = 65536

@@ -121,24 +121,40 @@ def by_reason(reason: str, details: Mapping[str, str], mapped: tuple[int, str]) 
     return mapped
 
 
+# OpenAI sends all six `x-ratelimit-*` headers on every answer; a dimension
+# without a limit says so with the largest int32 and nothing to wait for.
+NO_LIMIT = str(2**31 - 1)
+UNLIMITED_RATE_HEADERS = {
+    f"x-ratelimit-{what}-{kind}": value
+    for kind in ("requests", "tokens")
+    for what, value in (("limit", NO_LIMIT), ("remaining", NO_LIMIT), ("reset", "0s"))
+}
+
+
 def rate_limit_headers(details: Mapping[str, str]) -> dict[str, str]:
     """`Retry-After` and OpenAI's `x-ratelimit-*` headers from ErrorInfo metadata."""
     headers = {}
     if "retry_after_s" in details:
         headers["retry-after"] = str(max(1, math.ceil(float(details["retry_after_s"]))))
+    limited = {}
     for kind in ("requests", "tokens"):
         if f"limit_{kind}" in details:
-            headers[f"x-ratelimit-limit-{kind}"] = details[f"limit_{kind}"]
-            headers[f"x-ratelimit-remaining-{kind}"] = details[f"remaining_{kind}"]
-            headers[f"x-ratelimit-reset-{kind}"] = duration(float(details[f"reset_{kind}_s"]))
+            limited[f"x-ratelimit-limit-{kind}"] = details[f"limit_{kind}"]
+            limited[f"x-ratelimit-remaining-{kind}"] = details[f"remaining_{kind}"]
+            limited[f"x-ratelimit-reset-{kind}"] = duration(float(details[f"reset_{kind}_s"]))
+    if limited:
+        headers.update(UNLIMITED_RATE_HEADERS, **limited)
     return headers
 
 
 def duration(seconds: float) -> str:
-    """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`."""
-    if seconds < 1:
-        return f"{max(0, round(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.0f}s"
+    """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`; rounded once, at the unit it
+    is shown in, so 0.9996 s is `1s` and 119.7 s is `2m0s`."""
+    ms = max(0, round(seconds * 1000))
+    if ms < 1000:
+        return f"{ms}ms"
+    tenths = round(ms / 100)
+    if tenths < 600:
+        return f"{tenths / 10:g}s"
+    minutes, rest = divmod(round(ms / 1000), 60)
+    return f"{minutes}m{rest}s"

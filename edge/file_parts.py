@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 from aqueduct.files.v1 import files_pb2 as pb
 
-from edge.chat_protocol import ChatCall, FilePart
+from edge.chat_request import FilePart, PendingContent
 from edge.errors import ApiError, from_rpc_error, invalid
 
 if TYPE_CHECKING:
@@ -72,20 +73,21 @@ class FilePartResolver:
         self.max_part_bytes = max_part_bytes
         self.max_total_bytes = max_total_bytes
 
-    async def resolve(self, chat: ChatCall, team: str, request_id: str) -> None:
+    async def resolve(
+        self, pending: Sequence[PendingContent], model: str, team: str, request_id: str
+    ) -> None:
         """Fill in the content of every message that has file parts."""
-        if not chat.pending:
+        if not pending:
             return
         metadata = (("x-request-id", request_id),)
-        parts = [s for p in chat.pending for s in p.segments if isinstance(s, FilePart)]
+        parts = [s for p in pending for s in p.segments if isinstance(s, FilePart)]
         sized = await asyncio.gather(*(self._size(part, team, metadata) for part in parts))
         self._check_limits(sized)
         contents = await asyncio.gather(*(self._extract(s, team, metadata) for s in sized))
         resolved = {id(s.part): content for s, content in zip(sized, contents, strict=True)}
-        model = chat.request.model
-        for pending in chat.pending:
+        for content_of in pending:
             texts = []
-            for segment in pending.segments:
+            for segment in content_of.segments:
                 if isinstance(segment, str):
                     texts.append(segment)
                     continue
@@ -93,7 +95,7 @@ class FilePartResolver:
                 if isinstance(content, ImageUrlPart):
                     raise _image_refused(segment, content.filename, model)
                 texts.append(content)
-            chat.request.messages[pending.message_index].content = "\n".join(texts)
+            content_of.message.content = "\n".join(texts)
 
     async def _size(
         self, part: FilePart, team: str, metadata: tuple[tuple[str, str], ...]

@@ -62,17 +62,20 @@ def team_of(principal: auth_pb2.Principal) -> str:
 
 
 def file_json(file: pb.File) -> dict[str, Any]:
-    return {
+    # OpenAI's schema has no null `expires_at` or `status_details` (deprecated):
+    # a file that never expires has no `expires_at`.
+    answer: dict[str, Any] = {
         "id": file.id,
         "object": "file",
         "bytes": file.bytes,
         "created_at": file.created_at,
         "filename": file.filename,
         "purpose": PURPOSE_NAMES.get(file.purpose, "user_data"),
-        "expires_at": file.expires_at or None,
         "status": "processed",
-        "status_details": None,
     }
+    if file.expires_at:
+        answer["expires_at"] = file.expires_at
+    return answer
 
 
 def _purpose(value: str) -> pb.FilePurpose.ValueType:

@@ -16,6 +16,11 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.enable_retries", 0),
+    # After an outage of any length, try again at least every second (grpc's
+    # default backoff grows to 120 s: a service back for 15 s could still get 503s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
     (
         "grpc.service_config",
         json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}),

@@ -6,11 +6,10 @@ request however it ends: finished, failed, or cut by the client.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,16 +18,14 @@ from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2
 
 from core.limit_names import LIMIT_NAMES
-from edge.errors import ApiError, duration, from_rpc_error
+from edge.errors import UNLIMITED_RATE_HEADERS, ApiError, duration, from_rpc_error
+from edge.settles import SettleQueue
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
 
 log = logging.getLogger(__name__)
 RESERVE_TIMEOUT_S = 5.0
-SETTLE_TIMEOUT_S = 10.0
-SETTLE_ATTEMPTS = 3
-LEDGER_BATCH_S = 0.05
 CHARS_PER_TOKEN = 4  # a deliberately generous estimate; settling corrects it
 TOKENS_PER_MESSAGE = 4
 
@@ -113,11 +110,11 @@ class Usage:
 class Admission:
     principal: pb.Principal
     reservation: pb.Reservation
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # x-ratelimit-*: shared, never changed
 
 
 def rate_headers(answer: pb.ReserveQuotaResponse) -> dict[str, str]:
-    headers = {}
+    headers = dict(UNLIMITED_RATE_HEADERS)
     for kind, status in (("requests", answer.requests), ("tokens", answer.tokens)):
         if status.limited:
             headers[f"x-ratelimit-limit-{kind}"] = str(status.limit)
@@ -135,19 +132,13 @@ def unlimited(principal: pb.Principal) -> bool:
 
 
 class Limiter:
-    """Reserve through auth (skipped for keys with no limits at all), settle in
-    batches: settles queue up while one SettleQuotas call is in flight and go in
-    the next, so a busy edge sends one call per round trip, not per request,
-    and an idle one sends each settle at once."""
+    """Reserve through auth (skipped for keys with no limits at all); settle
+    through a queue that delivers every settle while the edge runs."""
 
     def __init__(self, stub: AuthServiceAsyncStub, default_output_tokens: int) -> None:
         self.stub = stub
         self.default_output_tokens = default_output_tokens
-        self._queue: list[pb.Settlement] = []
-        self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
-        self._sending = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.settles = SettleQueue(stub)
 
     async def reserve(
         self, principal: pb.Principal, input_tokens: int, max_tokens: int | None, request_id: str
@@ -162,7 +153,7 @@ class Limiter:
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
             )
-            return Admission(principal, reservation, {})
+            return Admission(principal, reservation, UNLIMITED_RATE_HEADERS)
         try:
             answer = await self.stub.ReserveQuota(
                 pb.ReserveQuotaRequest(
@@ -181,69 +172,22 @@ class Limiter:
         return Admission(principal, answer.reservation, rate_headers(answer))
 
     def settle(self, admission: Admission, usage: Usage) -> None:
-        """Queue the settle; the answer never waits for it.
+        """Queue the settle (edge/settles.py); the answer never waits for it.
 
-        A settle that gives back limits (slots, tokens) is sent at once. One that
-        only carries a ledger row (a key without limits) may wait up to
-        LEDGER_BATCH_S, so that even a lightly loaded edge sends few calls.
+        A settle that gives back limits (slots, tokens) is sent at once; one that
+        only carries a ledger row (a key without limits) may wait a little for
+        others, so that even a lightly loaded edge sends few calls.
         """
-        self._queue.append(
+        self.settles.add(
             pb.Settlement(
                 reservation=admission.reservation, usage=usage.record(admission.principal)
-            )
-        )
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_loop())
-        if not unlimited(admission.principal):
-            self._wake.set()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(LEDGER_BATCH_S, self._wake_now)
-
-    def _wake_now(self) -> None:
-        self._timer = None
-        self._wake.set()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue, []
-                self._sending = True
-                try:
-                    await self._send(batch)
-                finally:
-                    self._sending = False
-
-    async def _send(self, batch: list[pb.Settlement]) -> None:
-        request = pb.SettleQuotasRequest(settles=batch)
-        for attempt in range(SETTLE_ATTEMPTS):
-            try:
-                await self.stub.SettleQuotas(request, timeout=SETTLE_TIMEOUT_S)
-                return
-            except grpc.aio.AioRpcError as error:
-                log.warning(
-                    "settle failed",
-                    extra={"settles": len(batch), "code": error.code().name, "attempt": attempt},
-                )
-                await asyncio.sleep(0.2 * (attempt + 1))
-        log.error(
-            "settles abandoned; their slots free when their leases end",
-            extra={"settles": len(batch)},
+            ),
+            urgent=not unlimited(admission.principal),
         )
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Send what is queued and wait for it (at shutdown), so no usage is lost."""
-        if self._flusher is None:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        self._wake.set()
-        while (self._queue or self._sending) and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        self._flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._flusher
+        await self.settles.drain(timeout)
 
 
 def estimate_completion_input_tokens(request: inference_pb2.StreamCompletionRequest) -> int:

@@ -29,6 +29,8 @@ ERROR = {
         }
     },
 }
+TOKEN = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+TOKENS = {"type": "array", "minItems": 1, "items": TOKEN}
 STOP = {
     "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]
 }
@@ -156,9 +158,9 @@ COMPLETION_REQUEST = {
         "prompt": {
             "oneOf": [
                 {"type": "string"},
-                {"type": "array", "items": {"type": "string"}},
-                {"type": "array", "items": {"type": "integer"}},
-                {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+                {"type": "array", "minItems": 1, "maxItems": 2048, "items": {"type": "string"}},
+                {"type": "array", "minItems": 1, "items": TOKEN},
+                {"type": "array", "minItems": 1, "maxItems": 2048, "items": TOKENS},
             ]
         },
         "suffix": {"type": "string"},
@@ -173,19 +175,24 @@ EMBEDDINGS_REQUEST = {
     "type": "object",
     "required": ["model", "input"],
     "properties": {
-        "model": {"type": "string"},
+        "model": {"type": "string", "minLength": 1},
         "input": {
             "oneOf": [
-                {"type": "string"},
-                {"type": "array", "items": {"type": "string"}},
-                {"type": "array", "items": {"type": "integer"}},
-                {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 2048,
+                    "items": {"type": "string", "minLength": 1},
+                },
+                {"type": "array", "minItems": 1, "maxItems": 2048, "items": TOKEN},
+                {"type": "array", "minItems": 1, "maxItems": 2048, "items": TOKENS},
             ]
         },
         "encoding_format": {"enum": ["float", "base64"]},
-        "dimensions": {"type": "integer", "minimum": 1},
+        "dimensions": {"type": "integer", "minimum": 1, "maximum": 65536},
         "user": {"type": "string"},
-        "input_type": {"enum": ["query", "passage"]},
+        "input_type": {"enum": ["query", "passage", "document"]},
         "models": SAMPLING["models"],
     },
 }
@@ -237,12 +244,12 @@ def _op(
     summary: str,
     body: Json | None = None,
     ok: str = "OpenAI shape",
-    stream: bool = False,
+    stream: str = "",
     security: bool = True,
 ) -> Json:
-    content: Json = {"application/json": {"schema": {"type": "object"}}}
+    content: Json = {"application/json": {"schema": {"type": "object", "description": ok}}}
     if stream:
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+        content["text/event-stream"] = {"schema": _event_stream(stream)}
     operation: Json = {
         "summary": summary,
         "responses": {"200": {"description": ok, "content": content}, **ERRORS},
@@ -252,6 +259,20 @@ def _op(
     if not security:
         operation["security"] = []
     return operation
+
+
+def _event_stream(chunk: str) -> Json:
+    """An SSE body: OpenAPI 3.1 cannot type the events, so the pattern pins their
+    framing and the description names each event's schema."""
+    return {
+        "type": "string",
+        "pattern": r"^(data: [^\n]+\n\n)*data: (\[DONE\]|\{\"error\"[^\n]*)\n\n$",
+        "description": (
+            f"Server-Sent Events: one `data: <JSON>` event per chunk (OpenAI's {chunk}), "
+            "then `data: [DONE]`; an error after the stream began is one "
+            '`data: {"error": ...}` event (components.schemas.Error) and the stream ends.'
+        ),
+    }
 
 
 def _path_param(name: str) -> Json:
@@ -285,14 +306,28 @@ def document() -> Json:
     }
     paths: Json = {
         "/v1/chat/completions": {
-            "post": _op("Chat completion (JSON or SSE)", _json_body(CHAT_REQUEST), stream=True)
+            "post": _op(
+                "Chat completion (JSON or SSE)",
+                _json_body(CHAT_REQUEST),
+                ok="OpenAI's CreateChatCompletionResponse",
+                stream="CreateChatCompletionStreamResponse",
+            )
         },
         "/v1/completions": {
             "post": _op(
-                "Text completion (JSON or SSE)", _json_body(COMPLETION_REQUEST), stream=True
+                "Text completion (JSON or SSE)",
+                _json_body(COMPLETION_REQUEST),
+                ok="OpenAI's CreateCompletionResponse",
+                stream="CreateCompletionResponse",
             )
         },
-        "/v1/embeddings": {"post": _op("Embeddings", _json_body(EMBEDDINGS_REQUEST))},
+        "/v1/embeddings": {
+            "post": _op(
+                "Embeddings",
+                _json_body(EMBEDDINGS_REQUEST),
+                ok="OpenAI's CreateEmbeddingResponse",
+            )
+        },
         "/v1/models": {"get": _op("Models this key may use")},
         "/v1/models/{model_id}": {
             "get": {**_op("One model"), "parameters": [_path_param("model_id")]}

@@ -8,16 +8,10 @@ import orjson
 import pytest
 from aqueduct.inference.v1 import inference_pb2 as pb
 
-from edge.chat_protocol import (
-    ChatWriter,
-    ChoiceText,
-    Completion,
-    completion_json,
-    error_event,
-    gather,
-    parse_chat_request,
-)
+from edge.chat_render import ChatWriter, completion_json
+from edge.chat_request import parse_chat_request
 from edge.errors import ApiError
+from edge.rendering import ChoiceText, Completion, error_event, gather
 
 BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

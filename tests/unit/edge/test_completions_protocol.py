@@ -8,7 +8,6 @@ import orjson
 import pytest
 from aqueduct.inference.v1 import inference_pb2 as pb
 
-from edge.chat_protocol import ChoiceText, Completion
 from edge.completions_protocol import (
     ChoiceLogprobs,
     CompletionWriter,
@@ -16,6 +15,7 @@ from edge.completions_protocol import (
     parse_completion_request,
 )
 from edge.errors import ApiError
+from edge.rendering import ChoiceText, Completion
 
 BASE: dict[str, Any] = {"model": "m", "prompt": "hi"}
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from edge.chat_protocol import MAX_FALLBACK_MODELS, parse_chat_request
+from edge.chat_request import parse_chat_request
 from edge.errors import ApiError
+from edge.request_fields import MAX_FALLBACK_MODELS
 
 HI = [{"role": "user", "content": "hi"}]
 

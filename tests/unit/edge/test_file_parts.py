@@ -11,7 +11,7 @@ import grpc
 import pytest
 from aqueduct.files.v1 import files_pb2 as pb
 
-from edge.chat_protocol import FilePart, parse_chat_request
+from edge.chat_request import FilePart, parse_chat_request
 from edge.errors import ApiError
 from edge.file_parts import FilePartResolver, render_text
 
@@ -36,7 +36,7 @@ def test_file_parts_stay_placeholders_in_order() -> None:
     )
     assert call.request.messages[0].content == ""
     (pending,) = call.pending
-    assert pending.message_index == 0
+    assert pending.message_index == 0 and pending.message.role == "user"
     text, by_id, inline = pending.segments
     assert text == "Summarise:"
     assert by_id == FilePart(param="messages[0].content[1]", file_id="file-abc")
@@ -122,7 +122,7 @@ def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
 
 def resolve(files: FakeFiles, call: Any, part_mb: int = 10, total_mb: int = 32) -> None:
     resolver = FilePartResolver(files, part_mb * MB, total_mb * MB)  # type: ignore[arg-type]
-    asyncio.run(resolver.resolve(call, "t", "rid"))
+    asyncio.run(resolver.resolve(call.pending, call.request.model, "t", "rid"))
 
 
 def test_parts_become_text_that_names_each_file() -> None:

@@ -11,9 +11,10 @@ import pytest
 from aqueduct.auth.v1 import auth_pb2
 from starlette.requests import Request
 
-from edge.chat import ChatHandler
-from edge.completions import CompletionsHandler
+from edge.chat import ChatRoute
+from edge.completions import CompletionsRoute
 from edge.limits import Admission, Usage
+from edge.pipeline import GenerationHandler
 
 
 class FakeAuthenticator:
@@ -99,13 +100,9 @@ def test_a_request_that_breaks_still_ends_its_call_and_settles(
     kind: str, stream: bool, error: BaseException
 ) -> None:
     call, limiter = BrokenCall(error), FakeLimiter()
-    handler: Any
-    if kind == "chat":
-        handler = ChatHandler(FakeAuthenticator(), limiter, FakeCalls(call), 1 << 20)  # type: ignore[arg-type]
-        body = {**CHAT, "stream": stream}
-    else:
-        handler = CompletionsHandler(FakeAuthenticator(), limiter, FakeCalls(call), 1 << 20)  # type: ignore[arg-type]
-        body = {**TEXT, "stream": stream}
+    route: Any = ChatRoute() if kind == "chat" else CompletionsRoute()
+    handler = GenerationHandler(route, FakeAuthenticator(), limiter, FakeCalls(call), 1 << 20)  # type: ignore[arg-type]
+    body = {**(CHAT if kind == "chat" else TEXT), "stream": stream}
 
     async def scenario() -> None:
         with pytest.raises(type(error)):

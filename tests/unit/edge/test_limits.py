@@ -9,7 +9,8 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from grpc.aio import AioRpcError, Metadata
 
-from edge import limits
+from edge import settles
+from edge.errors import NO_LIMIT, UNLIMITED_RATE_HEADERS
 from edge.limits import Limiter, Usage
 
 
@@ -51,9 +52,13 @@ def test_keys_without_limits_are_admitted_without_asking_auth() -> None:
     async def scenario() -> None:
         limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
         admission = await limiter.reserve(FREE, 10, None, "rid")
-        assert admission.reservation.output_tokens == 64 and admission.headers == {}
+        assert admission.reservation.output_tokens == 64
+        # All six headers on every answer (as OpenAI sends them), saying "no limit".
+        assert admission.headers == UNLIMITED_RATE_HEADERS
+        assert admission.headers["x-ratelimit-remaining-tokens"] == str(2**31 - 1)
         limited = await limiter.reserve(LIMITED, 10, 5, "rid")
         assert limited.headers["x-ratelimit-limit-requests"] == "10"
+        assert limited.headers["x-ratelimit-limit-tokens"] == NO_LIMIT  # rpm only
 
     asyncio.run(scenario())
     assert [r.key_id for r in auth.reserves] == ["k2"]
@@ -77,7 +82,7 @@ def test_settles_queue_while_one_call_is_in_flight_and_all_arrive() -> None:
 
 def test_a_failed_settle_is_retried_and_nothing_is_lost(monkeypatch: Any) -> None:
     auth = FakeAuth(failures=2)
-    monkeypatch.setattr(limits.asyncio, "sleep", _no_wait(asyncio.sleep))
+    monkeypatch.setattr(settles.asyncio, "sleep", _no_wait(asyncio.sleep))
 
     async def scenario() -> None:
         limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
@@ -95,24 +100,53 @@ def _no_wait(sleep: Any) -> Any:
     return quick
 
 
-def test_settles_that_keep_failing_are_given_up_after_three_tries_and_later_ones_still_go(
+def test_settles_are_kept_through_an_outage_and_delivered_in_order_when_auth_is_back(
     monkeypatch: Any, caplog: Any
 ) -> None:
-    """A settle is not retried forever (its slots free when their leases end),
-    and giving one up does not stop the settles that come after it."""
-    auth = FakeAuth(failures=limits.SETTLE_ATTEMPTS)
-    monkeypatch.setattr(limits.asyncio, "sleep", _no_wait(asyncio.sleep))
+    """A settle is never given up while the edge runs: its ledger row and the
+    limits it gives back arrive once auth answers again."""
+    auth = FakeAuth(failures=30)  # far more tries than the old limit of three
+    monkeypatch.setattr(settles.asyncio, "sleep", _no_wait(asyncio.sleep))
 
     async def scenario() -> None:
         limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
         admission = await limiter.reserve(LIMITED, 1, 1, "x")
-        limiter.settle(admission, Usage("lost", "m", False, ""))
-        await limiter.drain()
-        limiter.settle(admission, Usage("next", "m", False, ""))
-        await limiter.drain()
+        limiter.settle(admission, Usage("first", "m", False, ""))
+        await asyncio.sleep(0.05)
+        limiter.settle(admission, Usage("second", "m", False, ""))
+        await limiter.drain(timeout=30)
+        assert limiter.settles.pending == 0
 
-    with caplog.at_level("ERROR", logger="edge.limits"):
+    with caplog.at_level("WARNING", logger="edge.settles"):
         asyncio.run(scenario())
-    assert auth.failures == 0  # every attempt was made
-    assert auth.batches == [["next"]]
-    assert any("settles abandoned" in r.getMessage() for r in caplog.records)
+    assert auth.failures == 0
+    assert [rid for batch in auth.batches for rid in batch] == ["first", "second"]
+    warnings = [r for r in caplog.records if "settles failing" in r.getMessage()]
+    assert len(warnings) == 1  # once per outage, not once per try
+
+
+def test_settles_held_during_an_outage_are_bounded_oldest_dropped_first(
+    monkeypatch: Any, caplog: Any
+) -> None:
+    auth = FakeAuth(failures=1_000_000)
+    monkeypatch.setattr(settles, "MAX_PENDING", 5)
+    monkeypatch.setattr(settles.asyncio, "sleep", _no_wait(asyncio.sleep))
+
+    async def scenario() -> None:
+        limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
+        admission = await limiter.reserve(LIMITED, 1, 1, "x")
+        for i in range(8):
+            limiter.settle(admission, Usage(f"r{i}", "m", False, ""))
+            await asyncio.sleep(0.02)
+        for _ in range(200):  # a failing send may be in flight: its outcome applies the bound
+            if limiter.settles.pending == 5:
+                break
+            await asyncio.sleep(0.005)
+        assert limiter.settles.pending == 5 and limiter.settles.dropped == 3
+        auth.failures = 0
+        await limiter.drain(timeout=10)
+
+    with caplog.at_level("ERROR", logger="edge.settles"):
+        asyncio.run(scenario())
+    assert sorted(rid for batch in auth.batches for rid in batch) == [f"r{i}" for i in range(3, 8)]
+    assert any("settles dropped" in r.getMessage() for r in caplog.records)

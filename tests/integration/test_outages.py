@@ -1,0 +1,169 @@
+"""A service down for half a minute: once it serves again, so does the gateway,
+within 2 s (gRPC's default reconnect backoff made it 9-17 s)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.processes import free_port, serving, spawn, stop, wait_for
+
+OUTAGE_S = float(os.environ.get("AQUEDUCT_TEST_OUTAGE_S", "30"))
+KEY = "sk-aq-" + "o" * 40
+SERVICES = ("auth", "files", "inference")
+
+
+@pytest.fixture()
+def upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream("outage").start()
+    yield fake
+    fake.stop()
+
+
+def test_each_service_back_after_a_long_outage_serves_within_2_s(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    models = tmp_path / "models.yaml"
+    models.write_text(
+        "models:\n  - name: fake\n    backend: openai\n"
+        f"    upstreams: [{{url: '{upstream.url}'}}]\n"
+    )
+    port = free_port()
+    env = {
+        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
+        "AQUEDUCT_MODELS_CONFIG": str(models),
+        "AQUEDUCT_BOOTSTRAP_KEY": KEY,
+        "AQUEDUCT_HTTP_PORT": str(port),
+        "AQUEDUCT_SHUTDOWN_GRACE_S": "0.5",
+        **{f"AQUEDUCT_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES},
+    }
+    (tmp_path / "data").mkdir()
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        module = "edge" if name == "edge" else f"services.{name}"
+        return spawn(["-m", module], env, tmp_path / f"{name}-{time.monotonic_ns()}.log")
+
+    services = {name: start(name) for name in SERVICES}
+    edge = start("edge")
+    base = f"http://127.0.0.1:{port}"
+    headers = {"authorization": f"Bearer {KEY}"}
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+    def chat_ok() -> bool:
+        return _status(f"{base}/v1/chat/completions", headers, chat) == 200
+
+    def files_ok() -> bool:
+        return _status(f"{base}/v1/files", headers) == 200
+
+    try:
+        for name in SERVICES:
+            wait_for(lambda n=name: serving(env[f"AQUEDUCT_{n.upper()}_ADDR"]), 60, f"{name}")
+        wait_for(lambda: chat_ok() and files_ok(), 30, "the gateway to serve")
+        for name in SERVICES:
+            assert stop(services[name]) == 0
+        time.sleep(OUTAGE_S)
+        assert not chat_ok() and not files_ok()
+        services = {name: start(name) for name in SERVICES}
+        back: dict[str, float] = {}  # when each was first seen serving again
+        deadline = time.monotonic() + 60
+        while len(back) < len(SERVICES) and time.monotonic() < deadline:
+            for name in SERVICES:
+                if name not in back and serving(env[f"AQUEDUCT_{name.upper()}_ADDR"]):
+                    back[name] = time.monotonic()
+            time.sleep(0.02)
+        assert len(back) == len(SERVICES), f"only {sorted(back)} came back"
+        wait_for(chat_ok, 10, "a chat answer")
+        chat_after = time.monotonic() - max(back["auth"], back["inference"])
+        wait_for(files_ok, 10, "a files answer")
+        files_after = time.monotonic() - max(back["auth"], back["files"])
+        assert chat_after <= 2.0 and files_after <= 2.0, (chat_after, files_after)
+    finally:
+        for process in (edge, *services.values()):
+            stop(process)
+
+
+def _status(url: str, headers: dict[str, str], body: object = None) -> int:
+    try:
+        if body is None:
+            return httpx.get(url, headers=headers, timeout=5).status_code
+        return httpx.post(url, headers=headers, json=body, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_a_clean_auth_restart_under_load_loses_no_usage_row(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """20 clients keep sending while auth restarts: every answer the upstream gave
+    has its ledger row (the edge keeps the settles auth could not take)."""
+    models = tmp_path / "models.yaml"
+    models.write_text(
+        "models:\n  - name: fake\n    backend: openai\n"
+        f"    upstreams: [{{url: '{upstream.url}'}}]\n"
+    )
+    port = free_port()
+    env = {
+        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
+        "AQUEDUCT_MODELS_CONFIG": str(models),
+        "AQUEDUCT_BOOTSTRAP_KEY": KEY,
+        "AQUEDUCT_HTTP_PORT": str(port),
+        **{f"AQUEDUCT_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES},
+    }
+    (tmp_path / "data").mkdir()
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        module = "edge" if name == "edge" else f"services.{name}"
+        return spawn(["-m", module], env, tmp_path / f"{name}-{time.monotonic_ns()}.log")
+
+    processes = {name: start(name) for name in (*SERVICES, "edge")}
+    base = f"http://127.0.0.1:{port}"
+    headers = {"authorization": f"Bearer {KEY}"}
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    statuses: list[int] = []
+    running = threading.Event()
+    running.set()
+
+    def client() -> None:
+        with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
+            deadline = time.monotonic() + 60  # bounded, whatever happens
+            while running.is_set() and time.monotonic() < deadline:
+                try:
+                    statuses.append(http.post("/v1/chat/completions", json=chat).status_code)
+                except httpx.HTTPError:
+                    statuses.append(0)
+
+    try:
+        for name in SERVICES:
+            wait_for(lambda n=name: serving(env[f"AQUEDUCT_{n.upper()}_ADDR"]), 60, f"{name}")
+        wait_for(lambda: _status(f"{base}/v1/models", headers) == 200, 30, "the edge")
+        clients = [threading.Thread(target=client) for _ in range(20)]
+        for thread in clients:
+            thread.start()
+        time.sleep(2)
+        assert stop(processes["auth"]) == 0
+        processes["auth"] = start("auth")
+        wait_for(lambda: serving(env["AQUEDUCT_AUTH_ADDR"]), 60, "auth back")
+        time.sleep(2)
+        running.clear()
+        for thread in clients:
+            thread.join(30)
+        served = upstream.completed
+        assert statuses.count(200) == served > 0
+
+        def rows() -> int:
+            answer = httpx.get(f"{base}/v1/admin/usage", headers=headers, timeout=10).json()
+            return sum(row["requests"] for row in answer["data"])
+
+        wait_for(lambda: rows() >= served, 20, f"{served} usage rows")
+        assert rows() == served
+    finally:
+        for process in processes.values():
+            stop(process)
