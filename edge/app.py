@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from aqueduct.auth.v1 import auth_pb2_grpc
@@ -13,6 +14,7 @@ from aqueduct.files.v1 import files_pb2_grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -32,6 +34,7 @@ from edge.files import FilesApi
 from edge.grpc_clients import open_channel
 from edge.http import EventStream, error_response, json_response, request_id
 from edge.limits import Limiter
+from edge.metrics import EdgeMetrics
 from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
 from edge.pipeline import GenerationHandler
 from edge.prepared_calls import GenerationCalls, prepared_method
@@ -52,6 +55,8 @@ class Gateway:
             "inference": open_channel(settings.inference_addresses),
         }
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
+        self.metrics = EdgeMetrics()
+        self._metrics_server: WSGIServer | None = None
         self.chat_calls = GenerationCalls(
             prepared_method(
                 self.channels["inference"],
@@ -85,6 +90,7 @@ class Gateway:
             file_parts=FilePartResolver(
                 files, settings.max_file_part_bytes, settings.max_file_parts_total_bytes
             ),
+            metrics=self.metrics,
         )
         self.completions = GenerationHandler(
             CompletionsRoute(),
@@ -92,12 +98,18 @@ class Gateway:
             self.limiter,
             self.completion_calls,
             settings.max_body_bytes,
+            metrics=self.metrics,
         )
         self.embeddings = EmbeddingsHandler(
-            self.authenticator, self.limiter, self.inference, settings.max_body_bytes
+            self.authenticator, self.limiter, self.inference, settings.max_body_bytes, self.metrics
         )
+        self.metrics.watch(self.authenticator, self.limiter)
 
     def start(self) -> None:
+        if self.settings.metrics_port:
+            self._metrics_server, _ = start_http_server(
+                self.settings.metrics_port, self.settings.metrics_host, self.metrics.registry
+            )
         self.authenticator.start()
         self.chat_calls.replenish()  # so that the first request finds one too
         self.completion_calls.replenish()
@@ -109,6 +121,13 @@ class Gateway:
         self.completion_calls.close()
         for channel in self.channels.values():
             await channel.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+
+    def scrape(self, request: Request) -> Response:
+        if self.settings.metrics_port:  # served on its own port only
+            raise ApiError(404, "Not found: /metrics is on the metrics port.", code="not_found")
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def models(self, request: Request) -> Response:
         principal = await self.authenticator.authenticate(request.headers, request_id(request))
@@ -244,6 +263,10 @@ async def _openapi(_request: Request) -> Response:
     return json_response(OPENAPI_DOCUMENT)
 
 
+async def _metrics(request: Request) -> Response:
+    return _gateway(request).scrape(request)
+
+
 async def _healthz(request: Request) -> Response:
     return await _gateway(request).healthz(request)
 
@@ -336,6 +359,7 @@ def create_app(settings: Settings) -> HotRoutes:
 
     routes = [
         Route("/healthz", _healthz),
+        Route("/metrics", _metrics, methods=["GET"]),
         Route("/readyz", _readyz),
         Route("/openapi.json", _openapi),
         *_admin_routes(),

@@ -61,6 +61,8 @@ class Authenticator:
         self._cache: dict[str, tuple[float, pb.Principal | ApiError]] = {}
         self._generation = 0  # bumped on every event: answers older than it are suspect
         self._watcher: asyncio.Task[None] | None = None
+        self.hits = 0  # lookups answered from the cache / asked of auth (for /metrics)
+        self.misses = 0
 
     def start(self) -> None:
         self._watcher = asyncio.create_task(self._watch())
@@ -76,6 +78,7 @@ class Authenticator:
         now = time.monotonic()
         cached = self._cache.get(secret)
         if cached is None or cached[0] <= now:
+            self.misses += 1
             generation = self._generation
             outcome = await self._verify(secret, request_id)
             trusted = (
@@ -87,6 +90,8 @@ class Authenticator:
             if len(self._cache) >= MAX_CACHED_KEYS:
                 self._evict(now)
             self._cache[secret] = cached
+        else:
+            self.hits += 1
         outcome = cached[1]
         if isinstance(outcome, ApiError):
             raise outcome

@@ -13,6 +13,8 @@ from edge.rendering import ChoiceText, Completion
 
 class ChatRoute:
     id_prefix = "chatcmpl-"
+    name = "/v1/chat/completions"
+    operation = "chat"
 
     def parse(self, body: object) -> ChatCall:
         return parse_chat_request(body)

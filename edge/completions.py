@@ -17,6 +17,8 @@ from edge.rendering import ChoiceText, Completion
 
 class CompletionsRoute:
     id_prefix = "cmpl-"
+    name = "/v1/completions"
+    operation = "text_completion"
 
     def parse(self, body: object) -> CompletionCall:
         return parse_completion_request(body)

@@ -23,6 +23,10 @@ class Settings:
     # Decoded size of one file part in a chat request / of all of them (CONTRACT.md).
     max_file_part_bytes: int = 10 * 1024 * 1024
     max_file_parts_total_bytes: int = 32 * 1024 * 1024
+    # GET /metrics on its own port (so a public edge need not expose it); None:
+    # on the edge's own port.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -39,4 +43,6 @@ class Settings:
             max_file_parts_total_bytes=env_int("AQUEDUCT_MAX_FILE_PARTS_TOTAL_MB", 32, minimum=1)
             * 1024
             * 1024,
+            metrics_port=env_int("AQUEDUCT_METRICS_PORT", 0, minimum=0) or None,
+            metrics_host=env("AQUEDUCT_METRICS_HOST", env("AQUEDUCT_HTTP_HOST", "127.0.0.1")),
         )

@@ -20,6 +20,7 @@ from aqueduct.inference.v1 import inference_pb2
 from core.limit_names import LIMIT_NAMES
 from edge.errors import UNLIMITED_RATE_HEADERS, ApiError, duration, from_rpc_error
 from edge.settles import SettleQueue
+from services.common.status import error_info
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -61,6 +62,7 @@ class Usage:
     created_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    ended_at: float | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     status: int = 200
@@ -78,6 +80,7 @@ class Usage:
 
     def ended(self, error: ApiError | None) -> None:
         """Close the books: an error, or a cut before the summary, is recorded as such."""
+        self.ended_at = time.monotonic()
         if error is not None:
             self.failed(error)
         elif not self.completed and not self.error_code:
@@ -86,7 +89,7 @@ class Usage:
             self.output_tokens = self.streamed_tokens or estimate_tokens(self.streamed_chars)
 
     def record(self, principal: pb.Principal) -> pb.UsageRecord:
-        now = time.monotonic()
+        now = self.ended_at or time.monotonic()
         return pb.UsageRecord(
             request_id=self.request_id,
             key_id=principal.key_id,
@@ -139,6 +142,8 @@ class Limiter:
         self.stub = stub
         self.default_output_tokens = default_output_tokens
         self.settles = SettleQueue(stub)
+        # Requests refused by a limit, by (limit, scope, team), for /metrics.
+        self.rate_limited: dict[tuple[str, str, str], int] = {}
 
     async def reserve(
         self, principal: pb.Principal, input_tokens: int, max_tokens: int | None, request_id: str
@@ -168,8 +173,17 @@ class Limiter:
                 metadata=(("x-request-id", request_id),),
             )
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, "auth") from None
+            mapped = from_rpc_error(error, "auth")
+            if mapped.status == 429:
+                self._count_rate_limited(error, principal.team)
+            raise mapped from None
         return Admission(principal, answer.reservation, rate_headers(answer))
+
+    def _count_rate_limited(self, error: grpc.aio.AioRpcError, team: str) -> None:
+        info = error_info(error)
+        details = info.metadata if info is not None else {}
+        key = (details.get("limit", ""), details.get("scope", ""), team)
+        self.rate_limited[key] = self.rate_limited.get(key, 0) + 1
 
     def settle(self, admission: Admission, usage: Usage) -> None:
         """Queue the settle (edge/settles.py); the answer never waits for it.

@@ -26,6 +26,7 @@ from edge.file_parts import FilePartResolver
 from edge.files import team_of
 from edge.http import EventStream, json_response, read_json, request_id, until_disconnect
 from edge.limits import Admission, Limiter, Usage
+from edge.metrics import EdgeMetrics
 from edge.prepared_calls import GenerationCall, GenerationCalls
 from edge.rendering import ChoiceText, Completion, error_event, gather
 
@@ -80,6 +81,8 @@ class Route(Protocol[P]):
     """What makes one generation route different from another."""
 
     id_prefix: str  # "chatcmpl-", "cmpl-"
+    name: str  # its path, for metrics: "/v1/chat/completions"
+    operation: str  # OpenTelemetry GenAI's operation name: "chat", "text_completion"
 
     def parse(self, body: object) -> P: ...
 
@@ -101,6 +104,7 @@ class GenerationHandler(Generic[P]):
         calls: GenerationCalls[Any, Any],
         max_body_bytes: int,
         file_parts: FilePartResolver | None = None,
+        metrics: EdgeMetrics | None = None,
     ) -> None:
         self.route = route
         self.authenticator = authenticator
@@ -108,23 +112,17 @@ class GenerationHandler(Generic[P]):
         self.calls = calls
         self.max_body_bytes = max_body_bytes
         self.file_parts = file_parts
+        self.metrics = metrics or EdgeMetrics()
 
     async def __call__(self, request: Request) -> Response | EventStream:
         rid = request_id(request)
-        principal = await self.authenticator.authenticate(request.headers, rid)
-        parsed = self.route.parse(await read_json(request, self.max_body_bytes))
-        message = parsed.request
-        require_model_access(principal, message.model, message.fallback_models)
-        if parsed.pending and self.file_parts is not None:
-            await self.file_parts.resolve(parsed.pending, message.model, team_of(principal), rid)
-        estimate = self.route.estimate(parsed)
-        usage = Usage(
-            rid, message.model, parsed.stream, message.user, input_tokens=estimate.input_tokens
-        )
-        admission = await self.limiter.reserve(
-            principal, usage.input_tokens, estimate.max_output_tokens, rid
-        )
+        try:
+            parsed, admission, usage = await self._admit(request, rid)
+        except ApiError as error:
+            self.metrics.refused(self.route.name, error.status)
+            raise
         headers = {"x-request-id": rid, **admission.headers}
+        message = parsed.request
         meta = Completion(
             self.route.id_prefix + secrets.token_urlsafe(18), int(time.time()), message.model
         )
@@ -140,28 +138,47 @@ class GenerationHandler(Generic[P]):
                     writer.start() + first,
                     sse_events(call, writer, usage),
                     headers,
-                    on_close=lambda: finish_request(self.limiter, admission, usage, None, call),
+                    on_close=lambda: self._finish(admission, usage, None, call),
                 )
             choices, summary = await until_disconnect(request.receive, collect(call, meta, usage))
             body = self.route.body(parsed, meta, choices, summary)
         except ApiError as error:
-            finish_request(self.limiter, admission, usage, error, call)
+            self._finish(admission, usage, error, call)
             error.headers.update(headers)
             raise
         except BaseException:  # cancelled, or a bug: the call and the quota still end
-            finish_request(self.limiter, admission, usage, interrupted(), call)
+            self._finish(admission, usage, interrupted(), call)
             raise
-        finish_request(self.limiter, admission, usage, None, call)
+        self._finish(admission, usage, None, call)
         return json_response(body, headers=headers)
 
+    async def _admit(self, request: Request, rid: str) -> tuple[P, Admission, Usage]:
+        """Everything before the call: who asks, for what, within which limits."""
+        principal = await self.authenticator.authenticate(request.headers, rid)
+        parsed = self.route.parse(await read_json(request, self.max_body_bytes))
+        message = parsed.request
+        require_model_access(principal, message.model, message.fallback_models)
+        if parsed.pending and self.file_parts is not None:
+            await self.file_parts.resolve(parsed.pending, message.model, team_of(principal), rid)
+        estimate = self.route.estimate(parsed)
+        usage = Usage(
+            rid, message.model, parsed.stream, message.user, input_tokens=estimate.input_tokens
+        )
+        admission = await self.limiter.reserve(
+            principal, usage.input_tokens, estimate.max_output_tokens, rid
+        )
+        return parsed, admission, usage
 
-def finish_request(
-    limiter: Limiter, admission: Admission, usage: Usage, error: ApiError | None, call: Call
-) -> None:
-    """However a request ended: stop the call, record how, settle its quota."""
-    call.finish(answered=usage.completed)
-    usage.ended(error)
-    limiter.settle(admission, usage)
+    def _finish(
+        self, admission: Admission, usage: Usage, error: ApiError | None, call: Call
+    ) -> None:
+        """However a request ended: stop the call, record how, settle its quota."""
+        call.finish(answered=usage.completed)
+        usage.ended(error)
+        self.limiter.settle(admission, usage)
+        self.metrics.finished(
+            self.route.name, self.route.operation, usage, admission.principal.team
+        )
 
 
 async def read_message(call: Call, usage: Usage) -> Message:

@@ -58,6 +58,7 @@ class Stack:
     database_url: str | None = None
     redis_url: str | None = None
     auth_replicas: int = 1
+    inference_overrides: dict[str, Any] = field(default_factory=dict)
     auth_extra: list[AuthServer] = field(default_factory=list)
     auth_ports: list[int] = field(default_factory=list)
     loop: LoopThread = field(default_factory=LoopThread)
@@ -116,6 +117,7 @@ class Stack:
                 address="127.0.0.1:0",
                 models_config=self.models_config,
                 local_threads=2,
+                **self.inference_overrides,
             )
         )
         self.ports["auth"] = await self.auth.start()

@@ -18,6 +18,7 @@ class Settings:
     local_max_waiting: int = 16
     embed_threads: int = 2
     upstream_max_connections: int = 100  # per upstream replica
+    upstream_pool_wait_s: float = 5.0  # for a free connection, then 503
     upstream_eject_after: int = 3  # consecutive failures that eject a replica
     upstream_cooldown_s: float = 10.0  # how long an ejected replica rests before a probe
     # How long a prepared call may wait for its request. Clients use theirs for
@@ -35,6 +36,7 @@ class Settings:
             local_max_waiting=env_int("AQUEDUCT_LOCAL_MAX_WAITING", 16, minimum=0),
             embed_threads=env_int("AQUEDUCT_EMBED_THREADS", min(4, os.cpu_count() or 1), minimum=1),
             upstream_max_connections=env_int("AQUEDUCT_UPSTREAM_MAX_CONNECTIONS", 100, minimum=1),
+            upstream_pool_wait_s=env_float("AQUEDUCT_UPSTREAM_POOL_WAIT_S", 5.0, minimum=0.0),
             upstream_eject_after=env_int("AQUEDUCT_UPSTREAM_EJECT_AFTER", 3, minimum=1),
             upstream_cooldown_s=env_float("AQUEDUCT_UPSTREAM_COOLDOWN_S", 10.0, minimum=0.0),
         )

@@ -37,6 +37,10 @@ class UpstreamClosed(ConnectionError):
     """The connection ended before the answer did."""
 
 
+class PoolBusy(Exception):
+    """Every connection of the pool stayed in use for the whole wait."""
+
+
 class ConnectTimeout(ConnectionError):
     """No TCP (and TLS) connection within the connect timeout."""
 
@@ -290,10 +294,14 @@ class Connection(asyncio.Protocol):
 class Pool:
     """Keep-alive connections to one origin, at most `max_connections` open."""
 
-    def __init__(self, url: str, max_connections: int, connect_timeout_s: float) -> None:
+    def __init__(
+        self, url: str, max_connections: int, connect_timeout_s: float, wait_s: float = 5.0
+    ) -> None:
         self.origin = Origin(url)
         self._max = max_connections
         self._connect_timeout_s = connect_timeout_s
+        self._wait_s = wait_s
+        self.busy_refusals = 0  # requests refused after waiting `wait_s` for a connection
         self._ssl = ssl.create_default_context() if self.origin.tls else None
         self._idle: collections.deque[Connection] = collections.deque()
         self._open: set[Connection] = set()
@@ -339,7 +347,9 @@ class Pool:
         self._idle.clear()
 
     async def _acquire(self, reuse: bool) -> tuple[Connection, bool]:
-        """An idle connection (True) or a new one (False), waiting while the pool is full."""
+        """An idle connection (True) or a new one (False), waiting while the pool is
+        full, but no longer than `wait_s` in all (then PoolBusy: fail fast, not queue)."""
+        deadline = time.monotonic() + self._wait_s
         while True:
             if self.closed:
                 raise UpstreamClosed(f"the pool for {self.origin.host_header} is closed")
@@ -350,7 +360,14 @@ class Pool:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                await waiter
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    await waiter
+            except TimeoutError:
+                self.busy_refusals += 1
+                raise PoolBusy(
+                    f"all {self._max} connections to {self.origin.host_header} stayed in use "
+                    f"for {self._wait_s:g} s"
+                ) from None
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -394,3 +411,8 @@ class Pool:
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """A time.monotonic() deadline on the running loop's clock."""
+    return asyncio.get_running_loop().time() + monotonic_deadline - time.monotonic()

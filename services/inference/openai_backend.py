@@ -29,6 +29,7 @@ from services.inference.upstream import (
     UNREADABLE,
     ConnectTimeout,
     MalformedResponse,
+    PoolBusy,
     PoolOptions,
     Response,
     Upstream,
@@ -49,6 +50,7 @@ MAX_EMBEDDINGS_BODY = 512 * 1024 * 1024
 @dataclass(frozen=True)
 class UpstreamOptions:
     max_connections: int = 100
+    pool_wait_s: float = 5.0
     eject_after: int = 3
     cooldown_s: float = 10.0
 
@@ -56,7 +58,8 @@ class UpstreamOptions:
 class OpenAIBackend:
     def __init__(self, spec: ModelSpec, options: UpstreamOptions) -> None:
         self.spec = spec
-        pool = PoolOptions(options.max_connections, spec.connect_timeout_s)
+        self.options = options
+        pool = PoolOptions(options.max_connections, spec.connect_timeout_s, options.pool_wait_s)
         self.balancer = Balancer(
             [Upstream(u, spec.name, pool) for u in spec.upstreams],
             eject_after=options.eject_after,
@@ -192,6 +195,11 @@ class OpenAIBackend:
             try:
                 async with asyncio.timeout_at(deadline):
                     response = await upstream.post(path, body(upstream), headers, deadline)
+            except PoolBusy:  # busy, not broken: no mark against it; another may have room
+                self.balancer.abandoned(replica)
+                self.balancer.release(replica)
+                failure = self._busy()
+                continue
             except RETRY_ERRORS as error:  # before TimeoutError: a connect timeout is one too
                 self._failed(replica, repr(error))
                 failure = self._unreachable(error)
@@ -266,6 +274,16 @@ class OpenAIBackend:
             Kind.UNAVAILABLE,
             "UPSTREAM_UNAVAILABLE",
             f"Could not reach an upstream of model '{self.spec.name}'.",
+        )
+
+    def _busy(self) -> ServiceError:
+        return ServiceError(
+            Kind.UNAVAILABLE,
+            "UPSTREAM_BUSY",
+            f"Every connection to the upstreams of model '{self.spec.name}' is in use "
+            f"(at most {self.options.max_connections} each) and none came free within "
+            f"{self.options.pool_wait_s:g} s; retry shortly.",
+            metadata={"retry_after_s": "1"},
         )
 
     def _timeout(self) -> ServiceError:

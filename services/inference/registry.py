@@ -102,6 +102,7 @@ def _serve(spec: ModelSpec, settings: Settings, now: int) -> ServedModel:
             spec,
             UpstreamOptions(
                 max_connections=settings.upstream_max_connections,
+                pool_wait_s=settings.upstream_pool_wait_s,
                 eject_after=settings.upstream_eject_after,
                 cooldown_s=settings.upstream_cooldown_s,
             ),

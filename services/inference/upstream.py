@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.inference.http1 import ConnectTimeout, MalformedResponse, Pool, Response
+from services.inference.http1 import ConnectTimeout, MalformedResponse, Pool, PoolBusy, Response
 from services.inference.models_file import UpstreamSpec
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "UNREADABLE",
     "ConnectTimeout",
     "MalformedResponse",
+    "PoolBusy",
     "PoolOptions",
     "Response",
     "Upstream",
@@ -37,13 +38,16 @@ UNREADABLE: tuple[type[BaseException], ...] = (TimeoutError, *TRANSPORT_ERRORS)
 class PoolOptions:
     max_connections: int = 100
     connect_timeout_s: float = 10.0
+    wait_s: float = 5.0  # for a free connection when all are in use
 
 
 class Upstream:
     def __init__(self, spec: UpstreamSpec, model_name: str, options: PoolOptions) -> None:
         self.url = spec.url
         self.model = spec.model or model_name  # the name the upstream expects
-        self._pool = Pool(spec.url, options.max_connections, options.connect_timeout_s)
+        self._pool = Pool(
+            spec.url, options.max_connections, options.connect_timeout_s, options.wait_s
+        )
         origin = self._pool.origin
         auth = f"authorization: Bearer {spec.api_key}\r\n" if spec.api_key else ""
         self._path = origin.path

@@ -186,7 +186,7 @@ def test_client_disconnect_stops_local_generation(stack: Stack) -> None:
             if '"content":"' in line and '"role"' not in line:
                 break  # text is flowing: walk away mid-stream
     # 4000 tokens take about a minute here; a stopped generation frees the model at once.
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 10.0  # generous: a slow, shared machine
     while backend.in_flight and time.monotonic() < deadline:  # type: ignore[attr-defined]
         time.sleep(0.01)
     assert backend.in_flight == 0  # type: ignore[attr-defined]

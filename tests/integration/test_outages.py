@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Reply
 from tests.processes import free_port, serving, spawn, stop, wait_for
+from tests.services_available import REDIS, REDIS_URL, listening
 
 OUTAGE_S = float(os.environ.get("AQUEDUCT_TEST_OUTAGE_S", "30"))
 KEY = "sk-aq-" + "o" * 40
@@ -164,6 +165,88 @@ def test_a_clean_auth_restart_under_load_loses_no_usage_row(
 
         wait_for(lambda: rows() >= served, 20, f"{served} usage rows")
         assert rows() == served
+    finally:
+        for process in processes.values():
+            stop(process)
+
+
+@pytest.mark.skipif(not listening(REDIS), reason="Redis is not running on 127.0.0.1:6379")
+def test_redis_slots_come_back_after_a_clean_auth_restart(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """Requests that end while auth is down give their concurrency slots back once
+    it is up again; requests still running keep theirs exactly that long."""
+    upstream.default = Reply.stream(*["x"] * 15, delay_s=0.1)
+    models = tmp_path / "models.yaml"
+    models.write_text(
+        "models:\n  - name: fake\n    backend: openai\n"
+        f"    upstreams: [{{url: '{upstream.url}'}}]\n"
+    )
+    port = free_port()
+    env = {
+        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
+        "AQUEDUCT_MODELS_CONFIG": str(models),
+        "AQUEDUCT_BOOTSTRAP_KEY": KEY,
+        "AQUEDUCT_HTTP_PORT": str(port),
+        "AQUEDUCT_REDIS_URL": REDIS_URL,
+        **{f"AQUEDUCT_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES},
+    }
+    (tmp_path / "data").mkdir()
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        module = "edge" if name == "edge" else f"services.{name}"
+        return spawn(["-m", module], env, tmp_path / f"{name}-{time.monotonic_ns()}.log")
+
+    processes = {name: start(name) for name in (*SERVICES, "edge")}
+    base = f"http://127.0.0.1:{port}"
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    try:
+        for name in SERVICES:
+            wait_for(lambda n=name: serving(env[f"AQUEDUCT_{n.upper()}_ADDR"]), 60, f"{name}")
+        admin = {"authorization": f"Bearer {KEY}"}
+        wait_for(lambda: _status(f"{base}/v1/models", admin) == 200, 30, "the edge")
+        created = httpx.post(
+            f"{base}/v1/admin/keys",
+            headers=admin,
+            json={"name": "slots", "limits": {"max_concurrent": 3}},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        headers = {"authorization": f"Bearer {created.json()['key']}"}
+
+        def streams(count: int) -> list[threading.Thread]:
+            def one() -> None:
+                with httpx.stream(
+                    "POST", f"{base}/v1/chat/completions", json=chat, headers=headers, timeout=30
+                ) as answer:
+                    statuses.append(answer.status_code)
+                    answer.read()
+
+            threads = [threading.Thread(target=one) for _ in range(count)]
+            for thread in threads:
+                thread.start()
+            return threads
+
+        statuses: list[int] = []
+        running = streams(3)
+        upstream.wait_for(lambda: upstream.active == 3, 10)
+        assert stop(processes["auth"]) == 0  # a clean restart, with 3 slots taken
+        for thread in running:
+            thread.join(30)  # they end while auth is down: their settles wait at the edge
+        assert statuses == [200, 200, 200]
+        processes["auth"] = start("auth")
+        wait_for(lambda: serving(env["AQUEDUCT_AUTH_ADDR"]), 60, "auth back")
+        wait_for(lambda: _status(f"{base}/v1/models", headers) == 200, 10, "the key verified")
+        time.sleep(2.0)  # the settles' retry backoff is at most 1 s
+        statuses.clear()
+        running = streams(3)
+        upstream.wait_for(lambda: upstream.active == 3, 10)
+        fourth = httpx.post(f"{base}/v1/chat/completions", json=chat, headers=headers, timeout=10)
+        assert fourth.status_code == 429, fourth.text  # the three running hold their slots
+        assert fourth.json()["error"]["code"] == "rate_limited"
+        for thread in running:
+            thread.join(30)
+        assert statuses == [200, 200, 200]
     finally:
         for process in processes.values():
             stop(process)

@@ -18,6 +18,7 @@ from services.inference.http1 import (
     ConnectTimeout,
     MalformedResponse,
     Pool,
+    PoolBusy,
     Response,
     UpstreamClosed,
 )
@@ -263,6 +264,32 @@ def test_a_full_pool_waits_for_a_connection_to_come_back(run: Callable[..., None
             assert await body_of(first) == b"x"
             assert await body_of(await second) == b"x"
             assert server.connections == 1
+            pool.close()
+
+    run(scenario())
+
+
+def test_a_pool_full_for_longer_than_its_wait_refuses_at_once_and_counts_it(
+    run: Callable[..., None],
+) -> None:
+    """Beyond the pool, a request fails fast (the gateway answers 503), not a silent queue."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        await reader.read()  # a stream that never ends
+
+    async def scenario() -> None:
+        async with Server(handler) as server:
+            pool = Pool(server.url, 1, 5.0, wait_s=0.2)
+            held = await pool.request(REQUEST)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(PoolBusy, match=r"all 1 connections .* in use for 0\.2 s"):
+                await pool.request(REQUEST)
+            assert 0.15 < loop.time() - started < 3.0
+            assert pool.busy_refusals == 1
+            held.close()
             pool.close()
 
     run(scenario())
