@@ -5,7 +5,8 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# --- build: dependencies (llama-cpp-python compiles from source) and generated gRPC code ---
+# --- build: the runtime dependencies (llama-cpp-python compiles from source), the
+# generated gRPC code and the project itself, all installed into one virtualenv ---
 FROM ${PYTHON_IMAGE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake \
@@ -16,20 +17,33 @@ WORKDIR /app
 # for an image that runs on other machines add -DGGML_NATIVE=OFF:
 #   docker build --build-arg CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" .
 ARG CMAKE_ARGS="-DLLAVA_BUILD=OFF"
+# Only the runtime set (requirements.txt): no test, lint or code generation tools.
 COPY requirements.txt requirements-nodeps.txt ./
-# The virtualenv sits where the Makefile expects it, so `make proto` below is the
-# Makefile's own recipe; the marker tells make the dependencies are installed.
 RUN --mount=type=cache,target=/root/.cache/pip \
     python -m venv .venv \
  && .venv/bin/pip install --upgrade pip \
  && CMAKE_ARGS="${CMAKE_ARGS}" .venv/bin/pip install -r requirements.txt \
- && .venv/bin/pip install --no-deps -r requirements-nodeps.txt \
- && touch .venv/.deps-installed
+ && .venv/bin/pip install --no-deps -r requirements-nodeps.txt
 
-# protoc into gen/, plus the .pth file that puts /app/gen and /app on the venv's path.
-COPY Makefile ./
+# protoc into gen/ (as the Makefile does), with grpcio-tools at its pin from
+# requirements-dev.txt, installed outside the virtualenv: this stage only.
+COPY requirements-dev.txt ./
 COPY proto ./proto
-RUN make proto
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install "$(grep '^grpcio-tools==' requirements-dev.txt)" \
+ && mkdir gen \
+ && python -m grpc_tools.protoc -I proto --python_out=gen --grpc_python_out=gen \
+      $(find proto -name '*.proto')
+
+# The project (pyproject.toml: core, edge, services, scripts and gen/'s aqueduct
+# packages), installed as a regular package: the image needs no source tree.
+COPY pyproject.toml ./
+COPY core ./core
+COPY services ./services
+COPY edge ./edge
+COPY scripts ./scripts
+RUN --mount=type=cache,target=/root/.cache/pip \
+    .venv/bin/pip install .
 
 # --- runtime ---
 FROM ${PYTHON_IMAGE}
@@ -42,11 +56,6 @@ RUN apt-get update \
  && chown aqueduct:aqueduct /data
 WORKDIR /app
 COPY --from=build /app/.venv ./.venv
-COPY --from=build /app/gen ./gen
-COPY core ./core
-COPY services ./services
-COPY edge ./edge
-COPY scripts ./scripts
 
 # /data: the data dir (bootstrap key, SQLite, stored files) unless the deployment says otherwise;
 # owned by the service user, so a named volume mounted there starts out writable.

@@ -5,32 +5,53 @@ PY     := $(VENV)/bin/python
 DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN    := gen/.generated
+# buf (the proto linter) from the npm registry, pinned, kept in .tools/ (git-ignored).
+BUF_VERSION := 1.75.0
+BUF    := .tools/node_modules/.bin/buf
+BUF_OK := .tools/.buf-$(BUF_VERSION)
 
-.PHONY: setup proto run test unit integration lint bench clean
+.PHONY: setup proto run test unit integration lint lint-proto bench clean
 
 setup: $(GEN)
 
-# llama-cpp-python compiles from source; pip's wheel cache makes re-installs quick.
-$(DEPS): requirements.txt requirements-nodeps.txt
+# Pinned dependencies: requirements-dev.txt is the runtime set (requirements.txt)
+# plus what builds, tests and lints. llama-cpp-python compiles from source;
+# pip's wheel cache makes re-installs quick.
+$(DEPS): requirements.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -r requirements.txt
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
-# Generated code lives in gen/ (not committed); a .pth file puts it and the
-# repository root on the environment's import path.
-$(GEN): $(DEPS) $(PROTOS)
+# The gRPC code is generated into gen/ (not committed), then the project is
+# installed editable: code changes take effect without reinstalling, and gen/
+# is one of its package roots (pyproject.toml), so it installs after gen/ is
+# there. A new proto package reinstalls it with the next generation.
+# (setuptools warns that folders named like the packages may shadow them: here
+# they are those very folders.)
+$(GEN): $(DEPS) $(PROTOS) pyproject.toml
 	rm -rf gen.tmp && mkdir -p gen.tmp
 	$(PY) -m grpc_tools.protoc -I proto --python_out=gen.tmp --grpc_python_out=gen.tmp \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen.tmp \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen.tmp \
 		$(PROTOS)
 	rm -rf gen && mv gen.tmp gen
-	$(PY) -c "import site; open(site.getsitepackages()[0] + '/aqueduct.pth', 'w').write('$(CURDIR)/gen\n$(CURDIR)\n')"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --editable .
 	touch $@
 
 proto: $(GEN)
+
+$(BUF_OK):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+	touch $@
+
+# The proto contract: buf.yaml's rules, and no breaking change against the
+# previous commit on main (scripts/proto_breaking.sh says which commit that is,
+# and when there is none to compare with).
+lint-proto: $(BUF_OK)
+	$(BUF) lint
+	BUF=$(BUF) scripts/proto_breaking.sh
 
 run: setup
 	$(PY) -m scripts.run
@@ -44,7 +65,7 @@ unit: setup
 integration: setup
 	$(PY) -m pytest tests/integration
 
-lint: setup
+lint: setup lint-proto
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy core services edge scripts
@@ -54,4 +75,4 @@ bench: setup
 	bash scripts/bench.sh $(ARGS)
 
 clean:
-	rm -rf gen .pytest_cache
+	rm -rf gen .pytest_cache .tools

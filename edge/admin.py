@@ -13,10 +13,10 @@ from aqueduct.auth.v1 import auth_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core.limit_names import LIMIT_NAMES
 from edge.auth import Authenticator, require_admin
 from edge.errors import from_rpc_error, invalid
 from edge.http import json_response, read_json, request_id
-from services.auth.keys import LIMIT_NAMES
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AdminServiceAsyncStub

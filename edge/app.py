@@ -37,7 +37,7 @@ from edge.limits import Limiter
 from edge.metrics import EdgeMetrics
 from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
 from edge.pipeline import GenerationHandler
-from edge.prepared_calls import GenerationCalls
+from edge.prepared_calls import GenerationCalls, prepared_method
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response | EventStream]]
@@ -58,10 +58,20 @@ class Gateway:
         self.metrics = EdgeMetrics()
         self._metrics_server: WSGIServer | None = None
         self.chat_calls = GenerationCalls(
-            self.inference.PreparedChatCompletion, self.inference.StreamChatCompletion
+            prepared_method(
+                self.channels["inference"],
+                "PreparedChatCompletion",
+                pb.StreamChatCompletionResponse,
+            ),
+            self.inference.StreamChatCompletion,
         )
         self.completion_calls = GenerationCalls(
-            self.inference.PreparedCompletion, self.inference.StreamCompletion
+            prepared_method(
+                self.channels["inference"],
+                "PreparedCompletion",
+                pb.StreamCompletionResponse,
+            ),
+            self.inference.StreamCompletion,
         )
         auth = auth_pb2_grpc.AuthServiceStub(self.channels["auth"])
         self.authenticator = Authenticator(auth, settings.key_cache_ttl_s)

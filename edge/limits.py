@@ -17,10 +17,10 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2
 
+from core.limit_names import LIMIT_NAMES
 from core.status import error_info
 from edge.errors import UNLIMITED_RATE_HEADERS, ApiError, duration, from_rpc_error
 from edge.settles import SettleQueue
-from services.auth.keys import LIMIT_NAMES
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -193,7 +193,7 @@ class Limiter:
         others, so that even a lightly loaded edge sends few calls.
         """
         self.settles.add(
-            pb.SettleQuotaRequest(
+            pb.Settlement(
                 reservation=admission.reservation, usage=usage.record(admission.principal)
             ),
             urgent=not unlimited(admission.principal),

@@ -45,8 +45,8 @@ class SettleQueue:
     def __init__(self, stub: AuthServiceAsyncStub) -> None:
         self.stub = stub
         self.dropped = 0
-        self._queue: deque[pb.SettleQuotaRequest] = deque()
-        self._sending: list[pb.SettleQuotaRequest] = []
+        self._queue: deque[pb.Settlement] = deque()
+        self._sending: list[pb.Settlement] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -56,7 +56,7 @@ class SettleQueue:
     def pending(self) -> int:
         return len(self._queue) + len(self._sending)
 
-    def add(self, settle: pb.SettleQuotaRequest, urgent: bool) -> None:
+    def add(self, settle: pb.Settlement, urgent: bool) -> None:
         """Queue a settle. An urgent one (it gives limits back) goes at once; one
         that only carries a ledger row may wait up to LEDGER_BATCH_S for others."""
         self._queue.append(settle)
@@ -120,7 +120,7 @@ class SettleQueue:
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, RETRY_MAX_S)
 
-    async def _send(self, batch: list[pb.SettleQuotaRequest]) -> bool:
+    async def _send(self, batch: list[pb.Settlement]) -> bool:
         try:
             await self.stub.SettleQuotas(
                 pb.SettleQuotasRequest(settles=batch), timeout=CALL_TIMEOUT_S

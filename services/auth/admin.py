@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -25,8 +25,8 @@ from aqueduct.auth.v1 import auth_pb2_grpc
 from google.protobuf.json_format import MessageToDict
 
 from core.config import data_dir, listen_address
+from core.limit_names import LIMIT_NAMES
 from services.auth.authority import BOOTSTRAP_FILE
-from services.auth.keys import LIMIT_NAMES
 
 GROUPS = {
     "key": pb.USAGE_GROUPING_KEY,
@@ -152,10 +152,13 @@ def _usage_request(args: argparse.Namespace) -> pb.QueryUsageRequest:
     return request
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    connect: Callable[[str], grpc.Channel] = grpc.insecure_channel,  # tests: a channel double
+) -> int:
     args = build_parser().parse_args(argv)
     address = args.addr or listen_address("auth")
-    with grpc.insecure_channel(address) as channel:
+    with connect(address) as channel:
         try:
             answer = run(args, auth_pb2_grpc.AdminServiceStub(channel), admin_key(args.admin_key))
         except grpc.RpcError as error:

@@ -7,8 +7,9 @@ from typing import Any
 
 from aqueduct.auth.v1 import auth_pb2 as pb
 
+from core.limit_names import LIMIT_NAMES
 from services.auth.key_admin import UNSET, KeyChanges
-from services.auth.keys import LIMIT_NAMES, KeyRecord, Limits
+from services.auth.keys import KeyRecord, Limits
 from services.auth.limiter import BucketLevel
 from services.auth.quotas import Reservation
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from core.errors import Kind, ServiceError
+from core.limit_names import LIMIT_NAMES
 from services.auth.events import EventHub
 from services.auth.keys import (
-    LIMIT_NAMES,
     KeyRecord,
     Limits,
     hash_secret,

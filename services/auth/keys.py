@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Literal
 
 SECRET_PREFIX = "sk-aq-"
 
@@ -29,12 +28,10 @@ def new_key_id() -> str:
     return "key_" + secrets.token_hex(8)
 
 
-LimitName = Literal["rpm", "input_tpm", "output_tpm", "max_concurrent"]
-LIMIT_NAMES: tuple[LimitName, ...] = ("rpm", "input_tpm", "output_tpm", "max_concurrent")
-
-
 @dataclass(frozen=True)
 class Limits:
+    """The proto's Limits, field for field (core.limit_names.LIMIT_NAMES)."""
+
     rpm: int | None = None
     input_tpm: int | None = None
     output_tpm: int | None = None

@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass
 
 WINDOW_S = 60.0
-LIMIT_NAMES = ("rpm", "input_tpm", "output_tpm")
+# The limits kept as token buckets; max_concurrent is counted in slots instead.
+BUCKET_LIMITS = ("rpm", "input_tpm", "output_tpm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,7 @@ def demand_for(
     for scope, owner, limits in (("key", key_id, key_limits), ("team", team, team_limits)):
         if scope == "team" and not team:
             continue
-        for name in LIMIT_NAMES:
+        for name in BUCKET_LIMITS:
             capacity = limits.get(name)
             if capacity is not None:
                 buckets.append(Bucket(name, scope, owner, capacity, amounts[name]))

@@ -70,14 +70,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             tokens=convert.level_message(admitted.tokens),
         )
 
-    async def SettleQuota(
-        self, request: pb.SettleQuotaRequest, context: Context
-    ) -> pb.SettleQuotaResponse:
-        await self.quotas.settle(
-            convert.reservation_value(request.reservation), convert.usage_row(request.usage)
-        )
-        return pb.SettleQuotaResponse()
-
     async def SettleQuotas(
         self, request: pb.SettleQuotasRequest, context: Context
     ) -> pb.SettleQuotasResponse:

@@ -29,9 +29,15 @@ def idle_call_closed() -> ServiceError:
     )
 
 
+# A prepared call answers with its own message types, which have the plain
+# call's fields: the same code writes both.
+ChatResponse = type[pb.StreamChatCompletionResponse] | type[pb.PreparedChatCompletionResponse]
+CompletionResponse = type[pb.StreamCompletionResponse] | type[pb.PreparedCompletionResponse]
+
+
 async def write_stream(
     events: AsyncGenerator[Event | Routed, None],
-    response: type[pb.StreamChatCompletionResponse] | type[pb.StreamCompletionResponse],
+    response: ChatResponse | CompletionResponse,
     model: str,
     context: grpc.aio.ServicerContext[Any, Any],
 ) -> None:
@@ -103,7 +109,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             self._idle_calls.discard(task)
         if request is grpc.aio.EOF:
             return None
-        REQUEST_ID.set(request.request_id)  # a prepared call learns it only now
+        REQUEST_ID.set(request.request.request_id)  # a prepared call learns it only now
         return request
 
     async def ListModels(
@@ -138,36 +144,47 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def StreamChatCompletion(  # type: ignore[override]  # writes, does not yield
         self, request: pb.StreamChatCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        chat = convert.chat_request(request)
-        await write_stream(
-            self.router.stream_chat(chat), pb.StreamChatCompletionResponse, request.model, context
-        )
+        await self._chat(request, pb.StreamChatCompletionResponse, context)
 
     async def StreamCompletion(  # type: ignore[override]  # writes, does not yield
         self, request: pb.StreamCompletionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        completion = convert.completion_request(request)
-        await write_stream(
-            self.router.stream_completion(completion),
-            pb.StreamCompletionResponse,
-            request.model,
-            context,
-        )
+        await self._completion(request, pb.StreamCompletionResponse, context)
 
     async def PreparedChatCompletion(  # type: ignore[override]  # writes, does not yield
         self,
-        request_iterator: AsyncIterator[pb.StreamChatCompletionRequest],
+        request_iterator: AsyncIterator[pb.PreparedChatCompletionRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        request = await self._first_request(context)
-        if request is not None:
-            await self.StreamChatCompletion(request, context)
+        prepared = await self._first_request(context)
+        if prepared is not None:
+            await self._chat(prepared.request, pb.PreparedChatCompletionResponse, context)
 
     async def PreparedCompletion(  # type: ignore[override]  # writes, does not yield
         self,
-        request_iterator: AsyncIterator[pb.StreamCompletionRequest],
+        request_iterator: AsyncIterator[pb.PreparedCompletionRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        request = await self._first_request(context)
-        if request is not None:
-            await self.StreamCompletion(request, context)
+        prepared = await self._first_request(context)
+        if prepared is not None:
+            await self._completion(prepared.request, pb.PreparedCompletionResponse, context)
+
+    async def _chat(
+        self,
+        request: pb.StreamChatCompletionRequest,
+        response: ChatResponse,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        chat = convert.chat_request(request)
+        await write_stream(self.router.stream_chat(chat), response, request.model, context)
+
+    async def _completion(
+        self,
+        request: pb.StreamCompletionRequest,
+        response: CompletionResponse,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        completion = convert.completion_request(request)
+        await write_stream(
+            self.router.stream_completion(completion), response, request.model, context
+        )

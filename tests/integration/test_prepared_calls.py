@@ -16,7 +16,7 @@ from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 
 from core.status import error_info
-from edge.prepared_calls import GenerationCalls
+from edge.prepared_calls import GenerationCalls, prepared_method
 from services.inference.config import Settings
 from services.inference.server import InferenceServer
 from tests.fake_upstream import FakeUpstream, Reply
@@ -79,7 +79,10 @@ def service(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Service]:
         port = await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub: Any = inference_pb2_grpc.InferenceServiceStub(channel)
-        calls: ChatCalls = GenerationCalls(stub.PreparedChatCompletion, stub.StreamChatCompletion)
+        calls: ChatCalls = GenerationCalls(
+            prepared_method(channel, "PreparedChatCompletion", pb.StreamChatCompletionResponse),
+            stub.StreamChatCompletion,
+        )
         return Service(loop, server, channel, stub, calls)
 
     running = loop.run(open_service(), timeout=60)
@@ -120,6 +123,21 @@ def test_a_request_on_a_prepared_call_is_answered_like_one_on_a_plain_call(
     assert service.run(generate(service.calls)) == "Hello there"  # on the prepared call
     assert upstream.requests == 2
     assert upstream.received[0] == upstream.received[1]
+
+
+def test_a_client_of_the_generated_stub_gets_the_prepared_method_s_own_types(
+    service: Service,
+) -> None:
+    async def typed() -> list[pb.PreparedChatCompletionResponse]:
+        call = service.stub.PreparedChatCompletion()
+        await call.write(pb.PreparedChatCompletionRequest(request=REQUEST))
+        await call.done_writing()
+        return [message async for message in call]
+
+    messages = service.run(typed())
+    assert all(isinstance(m, pb.PreparedChatCompletionResponse) for m in messages)
+    assert "".join(d.content for m in messages for d in m.deltas.deltas) == "Hello there"
+    assert messages[-1].summary.usage.completion_tokens > 0
 
 
 def test_an_idle_prepared_call_ends_after_the_service_s_limit_and_requests_still_go(

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import sys
+import tomllib
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -394,6 +395,7 @@ def dockerfile_stages() -> list[list[tuple[str, str]]]:
 
 STAGES = dockerfile_stages()
 BUILD, RUNTIME = STAGES[0], STAGES[-1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def joined(stage: list[tuple[str, str]], keyword: str) -> str:
@@ -449,16 +451,54 @@ def test_dockerfile_generates_the_grpc_code() -> None:
         assert "grpc_tools.protoc" in run and "-I proto" in run and "--grpc_python_out" in run
 
 
-def test_runtime_image_has_the_venv_the_generated_code_and_the_services() -> None:
-    from_build = set(copy_sources(RUNTIME, from_stage=True))
-    assert {"/app/.venv", "/app/gen"} <= from_build, from_build
-    assert {"services", "edge"} <= set(copy_sources(RUNTIME, from_stage=False))
+def test_runtime_image_has_the_venv_with_the_project_installed() -> None:
+    # The build stage installs the project (its code and the generated code)
+    # into the venv; the runtime image takes that venv and nothing else.
+    assert copy_sources(RUNTIME, from_stage=True) == ["/app/.venv"]
+    assert copy_sources(RUNTIME, from_stage=False) == []
     assert re.search(r"PATH=/app/\.venv/bin:", joined(RUNTIME, "ENV")), (
         "`python` must be the venv's"
     )
     assert ("WORKDIR", "/app") in RUNTIME
     # llama.cpp's shared libraries link OpenMP; the slim base image does not have it.
     assert "libgomp1" in joined(RUNTIME, "RUN")
+
+
+def test_the_build_installs_every_package_of_the_project_after_generating_code() -> None:
+    runs = [rest for kw, rest in BUILD if kw == "RUN"]
+    installs = [i for i, run in enumerate(runs) if re.search(r"\.venv/bin/pip install \.$", run)]
+    generates = [i for i, run in enumerate(runs) if "grpc_tools.protoc" in run]
+    assert installs and generates and generates[0] < installs[0]
+    copied_before_install = {
+        source.rstrip("/")
+        for keyword, rest in BUILD[: BUILD.index(("RUN", runs[installs[0]]))]
+        if keyword == "COPY"
+        for source in shlex.split(rest)[:-1]
+    }
+    patterns = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in patterns} - {"aqueduct"}  # aqueduct: generated
+    assert packages == {"core", "edge", "services", "scripts"}
+    assert packages | {"pyproject.toml", "requirements.txt"} <= copied_before_install
+
+
+def test_the_image_gets_no_development_dependency() -> None:
+    run = joined(BUILD, "RUN")
+    assert "requirements-dev.txt" not in re.findall(r"-r (\S+)", run)
+    runtime = requirement_names(ROOT / "requirements.txt")
+    development = requirement_names(ROOT / "requirements-dev.txt")
+    assert {"pytest", "ruff", "mypy", "openai", "grpcio-tools", "hypothesis"} <= development
+    assert not runtime & development
+    # grpcio-tools, for code generation only, at its pin, installed outside the venv.
+    codegen = "pip install \"$(grep '^grpcio-tools==' requirements-dev.txt)\""
+    assert codegen in run and f".venv/bin/{codegen}" not in run
+
+
+def requirement_names(path: Path) -> set[str]:
+    """The names pinned in a requirements file (not those of files it includes)."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return {
+        line.split("==")[0].lower() for line in lines if line and not line.startswith(("#", "-"))
+    }
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:

@@ -7,10 +7,11 @@ from typing import Any
 
 import grpc
 import pytest
+from aqueduct.inference.v1 import inference_pb2 as pb
 
 from core.errors import Kind, ServiceError
 from core.status import to_grpc_status
-from edge.prepared_calls import GenerationCalls
+from edge.prepared_calls import GenerationCalls, as_field_1
 
 
 class FakeCall:
@@ -203,3 +204,56 @@ def test_a_busy_edge_leaves_no_prepared_call_behind() -> None:
     assert generation.ready == 1
     third.finish(answered=True)
     assert generation.ready == 2
+
+
+@pytest.mark.parametrize("content", ["hi", "x" * 200, "y" * 20_000])  # 1-, 2- and 3-byte lengths
+def test_a_request_sent_on_a_prepared_method_decodes_as_its_wrapper(content: str) -> None:
+    request = pb.StreamChatCompletionRequest(
+        model="m",
+        messages=[pb.ChatMessage(role="user", content=content)],
+        sampling=pb.SamplingParams(max_tokens=5, stops=["\n"]),
+    )
+    wrapped = pb.PreparedChatCompletionRequest.FromString(as_field_1(request))
+    assert wrapped.request == request
+    assert (
+        as_field_1(request) == pb.PreparedChatCompletionRequest(request=request).SerializeToString()
+    )
+
+
+@pytest.mark.parametrize(
+    ("prepared", "plain"),
+    [
+        (pb.PreparedChatCompletionRequest, pb.StreamChatCompletionRequest),
+        (pb.PreparedCompletionRequest, pb.StreamCompletionRequest),
+    ],
+)
+def test_each_prepared_request_holds_the_plain_request_as_its_only_field(
+    prepared: Any, plain: Any
+) -> None:
+    fields = prepared.DESCRIPTOR.fields
+    assert [(f.number, f.message_type) for f in fields] == [(1, plain.DESCRIPTOR)]
+
+
+@pytest.mark.parametrize(
+    ("prepared", "plain"),
+    [
+        (pb.PreparedChatCompletionResponse, pb.StreamChatCompletionResponse),
+        (pb.PreparedCompletionResponse, pb.StreamCompletionResponse),
+    ],
+)
+def test_each_prepared_response_has_the_plain_response_s_fields(prepared: Any, plain: Any) -> None:
+    def shape(message: Any) -> list[tuple[object, ...]]:
+        return [
+            (
+                f.number,
+                f.name,
+                f.type,
+                f.message_type,
+                f.containing_oneof and f.containing_oneof.name,
+            )
+            for f in message.DESCRIPTOR.fields
+        ]
+
+    assert shape(prepared) == shape(plain)
+    sent = prepared(summary=pb.Summary(model="m", usage=pb.Usage(completion_tokens=3)))
+    assert plain.FromString(sent.SerializeToString()).summary == sent.summary
