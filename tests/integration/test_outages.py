@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,28 +30,44 @@ def upstream() -> Iterator[FakeUpstream]:
     fake.stop()
 
 
+@dataclass
+class Gateway:
+    """The four processes on their own ports, each of them started again at will."""
+
+    tmp_path: Path
+    env: dict[str, str]
+    port: int
+
+    @classmethod
+    def on(cls, tmp_path: Path, upstream: FakeUpstream, extra: dict[str, str]) -> Gateway:
+        models = tmp_path / "models.yaml"
+        models.write_text(
+            "models:\n  - name: fake\n    backend: openai\n"
+            f"    upstreams: [{{url: '{upstream.url}'}}]\n"
+        )
+        port = free_port()
+        env = {
+            "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
+            "AQUEDUCT_MODELS_CONFIG": str(models),
+            "AQUEDUCT_BOOTSTRAP_KEY": KEY,
+            "AQUEDUCT_HTTP_PORT": str(port),
+            **extra,
+            **{f"AQUEDUCT_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES},
+        }
+        (tmp_path / "data").mkdir()
+        return cls(tmp_path, env, port)
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        module = "edge" if name == "edge" else f"services.{name}"
+        log = self.tmp_path / f"{name}-{time.monotonic_ns()}.log"
+        return spawn(["-m", module], self.env, log)
+
+
 def test_each_service_back_after_a_long_outage_serves_within_2_s(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
-    models = tmp_path / "models.yaml"
-    models.write_text(
-        "models:\n  - name: fake\n    backend: openai\n"
-        f"    upstreams: [{{url: '{upstream.url}'}}]\n"
-    )
-    port = free_port()
-    env = {
-        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
-        "AQUEDUCT_MODELS_CONFIG": str(models),
-        "AQUEDUCT_BOOTSTRAP_KEY": KEY,
-        "AQUEDUCT_HTTP_PORT": str(port),
-        "AQUEDUCT_SHUTDOWN_GRACE_S": "0.5",
-        **{f"AQUEDUCT_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES},
-    }
-    (tmp_path / "data").mkdir()
-
-    def start(name: str) -> subprocess.Popen[bytes]:
-        module = "edge" if name == "edge" else f"services.{name}"
-        return spawn(["-m", module], env, tmp_path / f"{name}-{time.monotonic_ns()}.log")
+    gateway = Gateway.on(tmp_path, upstream, {"AQUEDUCT_SHUTDOWN_GRACE_S": "0.5"})
+    env, port, start = gateway.env, gateway.port, gateway.start
 
     services = {name: start(name) for name in SERVICES}
     edge = start("edge")
@@ -105,24 +122,8 @@ def test_a_clean_auth_restart_under_load_loses_no_usage_row(
 ) -> None:
     """20 clients keep sending while auth restarts: every answer the upstream gave
     has its ledger row (the edge keeps the settles auth could not take)."""
-    models = tmp_path / "models.yaml"
-    models.write_text(
-        "models:\n  - name: fake\n    backend: openai\n"
-        f"    upstreams: [{{url: '{upstream.url}'}}]\n"
-    )
-    port = free_port()
-    env = {
-        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
-        "AQUEDUCT_MODELS_CONFIG": str(models),
-        "AQUEDUCT_BOOTSTRAP_KEY": KEY,
-        "AQUEDUCT_HTTP_PORT": str(port),
-        **{f"AQUEDUCT_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES},
-    }
-    (tmp_path / "data").mkdir()
-
-    def start(name: str) -> subprocess.Popen[bytes]:
-        module = "edge" if name == "edge" else f"services.{name}"
-        return spawn(["-m", module], env, tmp_path / f"{name}-{time.monotonic_ns()}.log")
+    gateway = Gateway.on(tmp_path, upstream, {})
+    env, port, start = gateway.env, gateway.port, gateway.start
 
     processes = {name: start(name) for name in (*SERVICES, "edge")}
     base = f"http://127.0.0.1:{port}"
@@ -177,25 +178,8 @@ def test_redis_slots_come_back_after_a_clean_auth_restart(
     """Requests that end while auth is down give their concurrency slots back once
     it is up again; requests still running keep theirs exactly that long."""
     upstream.default = Reply.stream(*["x"] * 15, delay_s=0.1)
-    models = tmp_path / "models.yaml"
-    models.write_text(
-        "models:\n  - name: fake\n    backend: openai\n"
-        f"    upstreams: [{{url: '{upstream.url}'}}]\n"
-    )
-    port = free_port()
-    env = {
-        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
-        "AQUEDUCT_MODELS_CONFIG": str(models),
-        "AQUEDUCT_BOOTSTRAP_KEY": KEY,
-        "AQUEDUCT_HTTP_PORT": str(port),
-        "AQUEDUCT_REDIS_URL": REDIS_URL,
-        **{f"AQUEDUCT_{s.upper()}_ADDR": f"127.0.0.1:{free_port()}" for s in SERVICES},
-    }
-    (tmp_path / "data").mkdir()
-
-    def start(name: str) -> subprocess.Popen[bytes]:
-        module = "edge" if name == "edge" else f"services.{name}"
-        return spawn(["-m", module], env, tmp_path / f"{name}-{time.monotonic_ns()}.log")
+    gateway = Gateway.on(tmp_path, upstream, {"AQUEDUCT_REDIS_URL": REDIS_URL})
+    env, port, start = gateway.env, gateway.port, gateway.start
 
     processes = {name: start(name) for name in (*SERVICES, "edge")}
     base = f"http://127.0.0.1:{port}"
