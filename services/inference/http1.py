@@ -31,6 +31,11 @@ import httptools
 
 KEEPALIVE_EXPIRY_S = 30.0
 PAUSE_READING_BYTES = 1024 * 1024  # unread body beyond this: stop reading the socket
+# What one answer may make us hold, whatever the upstream sends: its status line
+# and headers, and its body once decompressed (a small gzip body can inflate to
+# gigabytes). Past either, the answer is malformed (the caller's 502).
+MAX_HEADER_BYTES = 64 * 1024
+MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 
 
 class UpstreamClosed(ConnectionError):
@@ -79,6 +84,7 @@ class Response:
         self._expired = False
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: zlib._Decompress | None = None
+        self._inflated = 0  # decompressed bytes so far
         self._timer = (
             asyncio.get_running_loop().call_at(deadline, self._expire)
             if deadline is not None
@@ -87,11 +93,23 @@ class Response:
 
     # Fed by the connection.
     def _body(self, data: bytes) -> None:
+        if self._error is not None:
+            return
         if self._decoder is not None:
-            try:
-                data = self._decoder.decompress(data)
+            budget = MAX_DECOMPRESSED_BYTES - self._inflated
+            try:  # never more than the budget (+1 to notice): memory stays bounded
+                data = self._decoder.decompress(data, budget + 1)
             except zlib.error as error:
                 self._fail(MalformedResponse(f"body does not decompress: {error}"))
+                return
+            self._inflated += len(data)
+            if self._inflated > MAX_DECOMPRESSED_BYTES:
+                self._connection._broken(
+                    MalformedResponse(
+                        f"the body is larger than {MAX_DECOMPRESSED_BYTES // 2**20} MiB "
+                        "once decompressed"
+                    )
+                )
                 return
         if data:
             self._chunks.append(data)
@@ -101,8 +119,14 @@ class Response:
             self._wake()
 
     def _end(self) -> None:
+        if self._error is not None:
+            return
         if self._decoder is not None:
-            tail = self._decoder.flush()
+            tail = self._decoder.flush(MAX_DECOMPRESSED_BYTES - self._inflated + 1)
+            self._inflated += len(tail)
+            if self._inflated > MAX_DECOMPRESSED_BYTES:
+                self._connection._broken(MalformedResponse("the decompressed body is too large"))
+                return
             if tail:
                 self._chunks.append(tail)
         self._complete = True
@@ -168,7 +192,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._response: Response | None = None
         self._headers_ready: asyncio.Future[Response] | None = None
-        self._header_name = b""
+        self._head_bytes = 0  # of the current answer, until its headers are complete
         self._keep_alive = False
         self._paused = False
         self.received = False  # any byte of the current answer
@@ -184,10 +208,18 @@ class Connection(asyncio.Protocol):
         if self._response is None:  # bytes nobody asked for: the connection is unusable
             self.close()
             return
+        heading = not self._response.status_code
+        if heading:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
             self._broken(MalformedResponse(f"malformed HTTP response ({error})"))
+            return
+        if heading and not self._response.status_code and self._head_bytes > MAX_HEADER_BYTES:
+            self._broken(
+                MalformedResponse(f"its headers are larger than {MAX_HEADER_BYTES // 1024} KiB")
+            )
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -244,6 +276,7 @@ class Connection(asyncio.Protocol):
         self._response = Response(self, deadline)
         self._headers_ready = loop.create_future()
         self.received = False
+        self._head_bytes = 0
         self._transport.write(request)
         try:
             return await self._headers_ready

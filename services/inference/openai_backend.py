@@ -25,7 +25,7 @@ from services.inference.openai_wire.chat import ChatChunks, chat_payload
 from services.inference.openai_wire.completions import TextChunks, completion_payload
 from services.inference.openai_wire.embeddings import embeddings_payload, parse_embeddings
 from services.inference.openai_wire.errors import bad_response, rejection
-from services.inference.sse import SseDecoder
+from services.inference.sse import EventTooLarge, SseDecoder
 from services.inference.upstream import (
     RETRY_ERRORS,
     TRANSPORT_ERRORS,
@@ -126,7 +126,7 @@ class OpenAIBackend:
         except TimeoutError:
             self.balancer.failed(replica)
             raise self._timeout() from None
-        except MalformedResponse as error:
+        except (MalformedResponse, EventTooLarge) as error:
             self.balancer.failed(replica)
             raise bad_response(self.spec.name, str(error)) from None
         except TRANSPORT_ERRORS as error:

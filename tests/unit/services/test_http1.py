@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import uvloop
 
 from services.inference.http1 import (
+    MAX_DECOMPRESSED_BYTES,
     ConnectTimeout,
     MalformedResponse,
     Pool,
@@ -326,6 +328,51 @@ def test_gzip_bodies_are_decoded(run: Callable[..., None]) -> None:
         async with Server(handler) as server:
             pool = Pool(server.url, 10, 5.0)
             assert await body_of(await pool.request(REQUEST)) == payload
+            pool.close()
+
+    run(scenario())
+
+
+def gzip_bomb(size: int) -> bytes:
+    """`size` zero bytes, gzipped (about 1000:1)."""
+    packer = zlib.compressobj(9, wbits=31)
+    block = bytes(1 << 20)
+    return b"".join(packer.compress(block) for _ in range(size >> 20)) + packer.flush()
+
+
+def test_a_decompression_bomb_is_refused_past_the_bound(run: Callable[..., None]) -> None:
+    bomb = gzip_bomb(MAX_DECOMPRESSED_BYTES + (8 << 20))
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(answer(bomb, b"content-encoding: gzip\r\n"))
+        await reader.read()
+
+    async def scenario() -> None:
+        async with Server(handler) as server:
+            pool = Pool(server.url, 10, 5.0)
+            response = await pool.request(REQUEST)
+            with pytest.raises(MalformedResponse, match="64 MiB once decompressed"):
+                await body_of(response)
+            pool.close()
+
+    run(scenario())
+
+
+def test_headers_past_64_kib_are_refused(run: Callable[..., None]) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nx-filler: ")
+        for _ in range(1000):  # a header value that never ends
+            writer.write(b"y" * 1024)
+            await writer.drain()
+        await reader.read()
+
+    async def scenario() -> None:
+        async with Server(handler) as server:
+            pool = Pool(server.url, 10, 5.0)
+            with pytest.raises(MalformedResponse, match="headers are larger than 64 KiB"):
+                await pool.request(REQUEST)
             pool.close()
 
     run(scenario())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.inference.sse import SseDecoder
+from services.inference.sse import EventTooLarge, SseDecoder
 
 STREAM = b'data: {"a":1}\n\n: comment\nevent: x\ndata: {"b":\ndata: 2}\n\ndata: [DONE]\n\n'
 EVENTS = [b'{"a":1}', b'{"b":\n2}', b"[DONE]"]
@@ -44,3 +44,17 @@ def test_an_event_without_its_blank_line_counts_at_the_end() -> None:
 def test_lines_that_are_not_data_are_ignored() -> None:
     decoder = SseDecoder()
     assert decoder.feed(b"hello world\n\nretry: 5\n\n") == []
+
+
+def test_a_line_that_never_ends_is_refused_past_the_bound() -> None:
+    decoder = SseDecoder(max_bytes=1000)
+    decoder.feed(b"data: " + b"x" * 900)
+    with pytest.raises(EventTooLarge, match="line is longer"):
+        decoder.feed(b"x" * 200)
+
+
+def test_an_event_of_many_lines_is_refused_past_the_bound() -> None:
+    decoder = SseDecoder(max_bytes=1000)
+    with pytest.raises(EventTooLarge, match="event is longer"):
+        decoder.feed(b"data: " + b"x" * 400 + b"\n" + (b"data: " + b"y" * 400 + b"\n") * 2)
+    assert SseDecoder(max_bytes=1000).feed(b"data: " + b"x" * 990 + b"\n\n") == [b"x" * 990]
