@@ -51,8 +51,14 @@ def bootstrap_admin(store: KeyStore, data_dir: Path, configured_secret: str | No
 
     With a configured secret: that secret is an active admin key (idempotent).
     Without: on first start, when no admin key exists, create one, print it once
-    and keep it in `<data_dir>/bootstrap-key` (mode 0600).
+    and keep it in `<data_dir>/bootstrap-key` (mode 0600). Replicas starting at
+    once take turns (the migrations' lock), so they create one key, not one each.
     """
+    with store.one_at_a_time("bootstrap-admin"):  # replicas starting together: one key
+        _bootstrap_admin(store, data_dir, configured_secret)
+
+
+def _bootstrap_admin(store: KeyStore, data_dir: Path, configured_secret: str | None) -> None:
     if configured_secret:
         store.ensure_active_admin(_admin_record(configured_secret), hash_secret(configured_secret))
         log.info("bootstrap admin key ensured", extra={"key_preview": preview(configured_secret)})

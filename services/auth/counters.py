@@ -4,6 +4,7 @@ reservation at a time (no await between check and take)."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from services.auth.limiter import (
@@ -15,6 +16,7 @@ from services.auth.limiter import (
 )
 
 SLOT_RETRY_S = 1.0
+SETTLED_MEMORY = 100_000  # reservation ids remembered, for idempotent settles
 
 
 class MemoryCounters:
@@ -22,6 +24,7 @@ class MemoryCounters:
         self._now = now
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated_at)
         self._slots: dict[str, dict[str, float]] = {}  # key -> {reservation id: lease expiry}
+        self._settled: OrderedDict[str, None] = OrderedDict()
 
     async def reserve(
         self, demand: Demand, reservation_id: str, lease_s: float
@@ -52,7 +55,13 @@ class MemoryCounters:
         return taken
 
     async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
-        """Give back `refunds[limit]` tokens (negative: take more) and free the slots."""
+        """Give back `refunds[limit]` tokens (negative: take more) and free the slots,
+        once per reservation: False when it was settled before."""
+        if reservation_id in self._settled:
+            return False
+        self._settled[reservation_id] = None
+        if len(self._settled) > SETTLED_MEMORY:
+            self._settled.popitem(last=False)
         now = self._now()
         for bucket in demand.buckets:
             delta = refunds.get(bucket.limit, 0)

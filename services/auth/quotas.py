@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from core.errors import Kind, ServiceError
+from services.auth.dependencies import Dependency
 from services.auth.keys import Limits
 from services.auth.ledger import UsageLedger
 from services.auth.limiter import BucketLevel, Demand, LimitExceeded, demand_for, tightest
-
-SETTLED_MEMORY = 100_000  # reservation ids remembered per replica
 
 
 class Counters(Protocol):
@@ -20,9 +19,9 @@ class Counters(Protocol):
         self, demand: Demand, reservation_id: str, lease_s: float
     ) -> list[BucketLevel]: ...
 
-    async def settle(
-        self, demand: Demand, reservation_id: str, refunds: dict[str, int]
-    ) -> bool: ...
+    async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
+        """Idempotent per reservation id: False when it was settled before."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -89,11 +88,13 @@ def header_metadata(levels: list[BucketLevel]) -> dict[str, str]:
 
 
 class Quotas:
-    def __init__(self, counters: Counters, ledger: UsageLedger, lease_s: float) -> None:
+    def __init__(
+        self, counters: Counters, ledger: UsageLedger, lease_s: float, limits: Dependency
+    ) -> None:
         self.counters = counters
         self.ledger = ledger
         self.lease_s = lease_s
-        self._settled: OrderedDict[str, None] = OrderedDict()  # for idempotent settles
+        self.limits = limits  # Redis (or this process): its faults answer UNAVAILABLE
 
     async def reserve(
         self,
@@ -118,26 +119,39 @@ class Quotas:
         levels: list[BucketLevel] = []
         if demand:
             try:
-                levels = await self.counters.reserve(demand, reservation.id, self.lease_s)
+                with self.limits.guard():
+                    levels = await self.counters.reserve(demand, reservation.id, self.lease_s)
             except LimitExceeded as error:
                 raise rate_limited(error) from None
         return Admitted(
             reservation, tightest(levels, ("rpm",)), tightest(levels, ("input_tpm", "output_tpm"))
         )
 
-    async def settle(self, reservation: Reservation, usage: dict[str, Any]) -> None:
-        """Settle once: a repeated settle of the same reservation changes nothing."""
-        if reservation.id in self._settled:
-            return
-        self._settled[reservation.id] = None
-        if len(self._settled) > SETTLED_MEMORY:
-            self._settled.popitem(last=False)
-        demand = reservation.demand()
-        if demand:
-            refunds = {
-                "input_tpm": reservation.input_tokens - int(usage.get("input_tokens", 0)),
-                "output_tpm": reservation.output_tokens - int(usage.get("output_tokens", 0)),
-            }
-            if not await self.counters.settle(demand, reservation.id, refunds):
-                return  # another replica settled it already
-        self.ledger.add(usage)
+    async def settle(self, settles: list[tuple[Reservation, dict[str, Any]]]) -> None:
+        """Settle requests: done only when every one's counters and ledger row are
+        committed. Each part is idempotent (counters by reservation id in the
+        counter store, rows by the ledger's unique reservation id), so a retry
+        after any failure, here or on another replica, has exactly one effect;
+        nothing is remembered in this process."""
+        for reservation, _ in settles:
+            if not reservation.id:
+                raise ServiceError(
+                    Kind.INVALID_ARGUMENT,
+                    "INVALID_FIELD",
+                    "Each settlement needs the id of its reservation.",
+                    param="settles.reservation.id",
+                )
+        rows = [{**usage, "reservation_id": r.id} for r, usage in settles]
+        parts = [self._settle_counters(r, usage) for r, usage in settles if r.demand()]
+        results = await asyncio.gather(self.ledger.record(rows), *parts, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _settle_counters(self, reservation: Reservation, usage: dict[str, Any]) -> None:
+        refunds = {
+            "input_tpm": reservation.input_tokens - int(usage.get("input_tokens", 0)),
+            "output_tpm": reservation.output_tokens - int(usage.get("output_tokens", 0)),
+        }
+        with self.limits.guard():
+            await self.counters.settle(reservation.demand(), reservation.id, refunds)

@@ -73,10 +73,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def SettleQuotas(
         self, request: pb.SettleQuotasRequest, context: Context
     ) -> pb.SettleQuotasResponse:
-        for settle in request.settles:
-            await self.quotas.settle(
-                convert.reservation_value(settle.reservation), convert.usage_row(settle.usage)
-            )
+        await self.quotas.settle(
+            [
+                (convert.reservation_value(s.reservation), convert.usage_row(s.usage))
+                for s in request.settles
+            ]
+        )
         return pb.SettleQuotasResponse()
 
 

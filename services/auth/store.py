@@ -7,7 +7,9 @@ up to date at start-up, so an upgrade never needs a wiped database.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,13 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from services.auth.dependencies import database_dependency
 from services.auth.keys import KeyRecord, Limits
 from services.common import migrations
 
@@ -82,7 +87,11 @@ class UsageRow(Base):
     __tablename__ = "usage_records"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[str] = mapped_column(String(128))  # the caller's: not unique
+    # One row per admitted request, enforced here: a settle delivered twice (a
+    # retry after a lost answer, on any replica) inserts nothing the second time.
+    # NULL only in rows written before migration 0002.
+    reservation_id: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
     key_id: Mapped[str] = mapped_column(String(32), index=True)
     team: Mapped[str] = mapped_column(String(200), index=True)
     model: Mapped[str] = mapped_column(String(200), index=True)
@@ -97,6 +106,7 @@ class UsageRow(Base):
     created_at: Mapped[float] = mapped_column(Float, index=True)
 
 
+DIALECT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 USAGE_GROUPS = {"key": UsageRow.key_id, "model": UsageRow.model, "team": UsageRow.team}
 
 
@@ -114,9 +124,26 @@ class KeyStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.database = database_dependency()
+
+    @contextlib.contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        """A session (a transaction when `write`); the database's faults become
+        UNAVAILABLE `DATABASE_UNAVAILABLE`, a commit's included."""
+        sessions = self._sessions.begin() if write else self._sessions()
+        with self.database.guard(), sessions as session:
+            yield session
+
+    def probe(self) -> None:
+        with self._session() as session:
+            session.execute(text("SELECT 1"))
 
     def migrate(self) -> None:
         migrations.migrate(self.engine, MIGRATIONS, VERSION_TABLE)
+
+    def one_at_a_time(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """A lock across every process on this database (see migrations)."""
+        return migrations.one_at_a_time(self.engine, name)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -124,33 +151,33 @@ class KeyStore:
     # --- keys ---------------------------------------------------------------
 
     def find_by_hash(self, secret_hash: str) -> KeyRecord | None:
-        with self._sessions() as session:
+        with self._session() as session:
             row = session.scalar(select(ApiKey).where(ApiKey.secret_hash == secret_hash))
             return row.to_record() if row else None
 
     def get(self, key_id: str) -> KeyRecord | None:
-        with self._sessions() as session:
+        with self._session() as session:
             row = session.get(ApiKey, key_id)
             return row.to_record() if row else None
 
     def all_keys(self) -> list[KeyRecord]:
-        with self._sessions() as session:
+        with self._session() as session:
             rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id))
             return [row.to_record() for row in rows]
 
     def has_admin_key(self) -> bool:
-        with self._sessions() as session:
+        with self._session() as session:
             stmt = select(ApiKey.id).where(ApiKey.admin.is_(True), ApiKey.revoked.is_(False))
             return session.scalar(stmt.limit(1)) is not None
 
     def insert(self, record: KeyRecord, secret_hash: str) -> KeyRecord:
-        with self._sessions.begin() as session:
+        with self._session(write=True) as session:
             session.add(_row(record, secret_hash))
         return record
 
     def save(self, record: KeyRecord) -> KeyRecord | None:
         """Write every field but the secret hash; None if the key does not exist."""
-        with self._sessions.begin() as session:
+        with self._session(write=True) as session:
             row = session.get(ApiKey, record.id)
             if row is None:
                 return None
@@ -162,7 +189,7 @@ class KeyStore:
 
     def ensure_active_admin(self, record: KeyRecord, secret_hash: str) -> KeyRecord:
         """Insert the key, or make an existing key with this hash an active admin."""
-        with self._sessions.begin() as session:
+        with self._session(write=True) as session:
             row = session.scalar(select(ApiKey).where(ApiKey.secret_hash == secret_hash))
             if row is None:
                 row = _row(record, secret_hash)
@@ -175,12 +202,12 @@ class KeyStore:
     # --- teams --------------------------------------------------------------
 
     def team_limits(self, team: str) -> Limits:
-        with self._sessions() as session:
+        with self._session() as session:
             row = session.get(TeamRow, team)
             return Limits(**row.limits) if row and row.limits else Limits()
 
     def set_team_limits(self, team: str, limits: Limits) -> Limits:
-        with self._sessions.begin() as session:
+        with self._session(write=True) as session:
             row = session.get(TeamRow, team)
             if row is None:
                 session.add(TeamRow(name=team, limits=asdict(limits)))
@@ -191,17 +218,34 @@ class KeyStore:
     # --- usage --------------------------------------------------------------
 
     def add_usage(self, rows: list[dict[str, Any]]) -> None:
-        """Insert ledger rows and stamp their keys' last use, in one transaction."""
+        """Insert ledger rows and stamp their keys' last use, in one transaction.
+        A row whose reservation is already in the ledger is skipped (idempotent)."""
         if not rows:
             return
-        with self._sessions.begin() as session:
-            session.execute(insert(UsageRow), rows)
+        # One order on every replica: two transactions inserting the same
+        # reservations (a retried settle) wait for each other, never deadlock.
+        rows = sorted(rows, key=lambda row: row["reservation_id"])
+        with self._session(write=True) as session:
+            dialect_insert = DIALECT_INSERTS.get(self.engine.dialect.name)
+            if dialect_insert is not None:
+                stmt = dialect_insert(UsageRow).on_conflict_do_nothing(
+                    index_elements=["reservation_id"]
+                )
+            else:  # no ON CONFLICT here: leave out the rows already in (the unique
+                # index still refuses a concurrent insert: that settle fails, is retried)
+                stmt = insert(UsageRow)
+                ids = [row["reservation_id"] for row in rows]
+                known = UsageRow.reservation_id.in_(ids)
+                seen = set(session.scalars(select(UsageRow.reservation_id).where(known)))
+                rows = [row for row in rows if row["reservation_id"] not in seen]
+            if rows:
+                session.execute(stmt, rows)
             last_use: dict[str, int] = {}
             for row in rows:
                 last_use[row["key_id"]] = max(
                     last_use.get(row["key_id"], 0), int(row["created_at"])
                 )
-            for key_id, when in last_use.items():
+            for key_id, when in sorted(last_use.items()):
                 key = session.get(ApiKey, key_id)
                 if key is not None and (key.last_used_at or 0) < when:
                     key.last_used_at = when
@@ -228,11 +272,11 @@ class KeyStore:
             stmt = stmt.where(UsageRow.created_at < filters["until"])
         if group_by:
             stmt = stmt.group_by(USAGE_GROUPS[group_by]).order_by(USAGE_GROUPS[group_by])
-        with self._sessions() as session:
+        with self._session() as session:
             return [dict(row._mapping) for row in session.execute(stmt)]
 
     def purge_usage(self, older_than: float) -> int:
-        with self._sessions.begin() as session:
+        with self._session(write=True) as session:
             result = session.execute(delete(UsageRow).where(UsageRow.created_at < older_than))
             return int(getattr(result, "rowcount", 0) or 0)
 

@@ -8,6 +8,7 @@ independently.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ def migrate(
     config = Config()
     config.set_main_option("script_location", str(directory))
     config.attributes["engine"] = engine
-    with _one_at_a_time(engine, version_table):
+    with one_at_a_time(engine, f"migrate:{version_table}"):
         if adopt is not None:
             table, revision = adopt
             with engine.connect() as connection:
@@ -67,17 +68,29 @@ def run_env(metadata: MetaData, version_table: str) -> None:
 
 
 @contextlib.contextmanager
-def _one_at_a_time(engine: Engine, name: str) -> Iterator[None]:
-    """Replicas starting together on one PostgreSQL database migrate in turn (a
-    session-level advisory lock), not side by side: two would both create the
-    version table and one would fail. SQLite serialises writers by itself."""
-    if engine.dialect.name != "postgresql":
-        yield
+def one_at_a_time(engine: Engine, name: str) -> Iterator[None]:
+    """Hold the lock `name` across every process using this database.
+
+    Replicas starting together migrate (and create the first admin key) in turn,
+    not side by side: two would both create the version table, or both find no
+    admin key and make one each. PostgreSQL: a session-level advisory lock.
+    SQLite: an exclusive file lock beside the database file (it serialises
+    writers, but not a check-then-write across transactions). Elsewhere: none.
+    """
+    if engine.dialect.name == "postgresql":
+        key = zlib.crc32(f"aqueduct-{name}".encode())
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         return
-    key = zlib.crc32(f"aqueduct-migrate:{name}".encode())
-    with engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
-            yield
-        finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield  # one process only (or not a file we can lock beside)
+        return
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+    with open(f"{database}.{safe}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield

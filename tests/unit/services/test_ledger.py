@@ -1,14 +1,18 @@
-"""The usage ledger: batched writes, flush on close, retention purge, totals."""
+"""The usage ledger: written ahead in group commits, one row per reservation,
+bounded while the database is down; retention purge, totals."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core.errors import Kind, ServiceError
 from services.auth.keys import KeyRecord, hash_secret, new_key_id
 from services.auth.ledger import UsageLedger
 from services.auth.store import KeyStore
@@ -26,6 +30,7 @@ def row(
 ) -> dict[str, Any]:
     return {
         "request_id": "r",
+        "reservation_id": uuid.uuid4().hex,
         "key_id": key_id,
         "team": "t",
         "model": model,
@@ -42,27 +47,77 @@ def row(
     }
 
 
-def test_rows_queued_are_flushed_on_close_and_stamp_last_use(store: KeyStore) -> None:
+def test_concurrent_records_share_a_commit_and_stamp_last_use(
+    store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key_id = new_key_id()
     store.insert(
         KeyRecord(id=key_id, name="n", team="t", preview="p", admin=False, models=None),
         hash_secret("s"),
     )
     now = time.time()
+    real, batches = store.add_usage, []
+
+    def counted(rows: list[dict[str, Any]]) -> None:
+        batches.append(len(rows))
+        real(rows)
+
+    monkeypatch.setattr(store, "add_usage", counted)
 
     async def scenario() -> None:
         ledger = UsageLedger(store, retention_days=30)
-        ledger.start()
-        for _ in range(3):
-            ledger.add(row(key_id, now))
-        await ledger.close()  # well before the periodic flush
+        await asyncio.gather(*(ledger.record([row(key_id, now)]) for _ in range(50)))
+        # Each call returned only once its row was committed.
+        assert store.usage_totals({"key_id": key_id}, None)[0]["requests"] == 50
 
     asyncio.run(scenario())
-    assert store.usage_totals({"key_id": key_id}, None) == [
-        {"requests": 3, "input_tokens": 30, "output_tokens": 15, "errors": 0}
-    ]
+    assert sum(batches) == 50 and len(batches) <= 2  # the first alone, the rest together
     record = store.get(key_id)
     assert record is not None and record.last_used_at == int(now)
+
+
+def test_a_reservation_is_recorded_once_however_often_it_is_sent(store: KeyStore) -> None:
+    first = row("a", time.time())
+    store.add_usage([first])
+    store.add_usage([first, row("a", time.time())])
+    store.add_usage([dict(first, output_tokens=99)])  # a retry never changes the row
+    assert store.usage_totals({"key_id": "a"}, None)[0] == {
+        "requests": 2,
+        "input_tokens": 20,
+        "output_tokens": 10,
+        "errors": 0,
+    }
+
+
+def test_waiting_rows_are_bounded_while_the_database_hangs(
+    store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real = store.add_usage
+
+    def hanging(rows: list[dict[str, Any]]) -> None:
+        release.wait(10)
+        real(rows)
+
+    monkeypatch.setattr(store, "add_usage", hanging)
+
+    async def scenario() -> None:
+        ledger = UsageLedger(store, retention_days=30, max_pending=10)
+        first = asyncio.create_task(ledger.record([row("a", time.time())]))  # in flight
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.create_task(ledger.record([row("a", time.time())])) for _ in range(10)]
+        await asyncio.sleep(0)
+        assert ledger.pending == 10
+        with pytest.raises(ServiceError) as refused:
+            await ledger.record([row("a", time.time())])
+        assert refused.value.kind is Kind.UNAVAILABLE
+        assert refused.value.reason == "LEDGER_BACKLOG_FULL"
+        release.set()
+        await asyncio.gather(first, *waiting)
+        await ledger.close()
+
+    asyncio.run(scenario())
+    assert store.usage_totals({"key_id": "a"}, None)[0]["requests"] == 11
 
 
 def test_totals_group_and_count_errors(store: KeyStore) -> None:
@@ -85,25 +140,35 @@ def test_purge_drops_only_rows_past_retention(store: KeyStore) -> None:
     assert store.usage_totals({}, None)[0]["requests"] == 1
 
 
-def test_rows_survive_a_failed_flush(store: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_fails_its_callers_and_the_next_one_succeeds(
+    store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real, calls = store.add_usage, []
 
     def flaky(rows: list[dict[str, Any]]) -> None:
         calls.append(len(rows))
         if len(calls) == 1:
-            raise OSError("database unavailable")
+            raise ServiceError(Kind.UNAVAILABLE, "DATABASE_UNAVAILABLE", "down")
         real(rows)
 
     monkeypatch.setattr(store, "add_usage", flaky)
+    lost = row("a", time.time())
 
     async def scenario() -> None:
         ledger = UsageLedger(store, retention_days=30)
-        ledger.add(row("a", time.time()))
-        with pytest.raises(OSError):
-            await ledger.flush()
-        ledger.add(row("a", time.time()))
-        await ledger.flush()
+        with pytest.raises(ServiceError):
+            await ledger.record([lost])
+        await ledger.record([lost, row("a", time.time())])  # the caller's retry
 
     asyncio.run(scenario())
-    assert calls == [1, 2]  # the failed row went again, with the new one
+    assert calls == [1, 2]
     assert store.usage_totals({"key_id": "a"}, None)[0]["requests"] == 2
+
+
+def test_an_unreachable_database_is_unavailable_not_internal(tmp_path: Path) -> None:
+    missing = KeyStore(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    with pytest.raises(ServiceError) as refused:
+        missing.add_usage([row("a", time.time())])
+    assert refused.value.kind is Kind.UNAVAILABLE
+    assert refused.value.reason == "DATABASE_UNAVAILABLE"
+    assert not missing.database.up
