@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +12,6 @@ from aqueduct.auth.v1 import auth_pb2_grpc
 from aqueduct.files.v1 import files_pb2_grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -38,10 +36,10 @@ from edge.metrics import EdgeMetrics
 from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
 from edge.pipeline import GenerationHandler
 from edge.prepared_calls import GenerationCalls, prepared_method
+from edge.readiness import Readiness
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response | EventStream]]
-READY_TIMEOUT_S = 1.0
 
 
 class Gateway:
@@ -103,7 +101,8 @@ class Gateway:
         self.embeddings = EmbeddingsHandler(
             self.authenticator, self.limiter, self.inference, settings.max_body_bytes, self.metrics
         )
-        self.metrics.watch(self.authenticator, self.limiter)
+        self.readiness = Readiness(self.channels)
+        self.metrics.watch(self.authenticator, self.limiter, self.readiness)
 
     def start(self) -> None:
         if self.settings.metrics_port:
@@ -111,12 +110,14 @@ class Gateway:
                 self.settings.metrics_port, self.settings.metrics_host, self.metrics.registry
             )
         self.authenticator.start()
+        self.readiness.start()
         self.chat_calls.replenish()  # so that the first request finds one too
         self.completion_calls.replenish()
 
     async def close(self) -> None:
         await self.limiter.drain()  # every settle (and ledger row) reaches auth
         await self.authenticator.close()
+        await self.readiness.close()
         self.chat_calls.close()
         self.completion_calls.close()
         for channel in self.channels.values():
@@ -175,22 +176,8 @@ class Gateway:
         return json_response({"status": "ok"})
 
     async def readyz(self, _request: Request) -> Response:
-        names = list(self.channels)
-        results = await asyncio.gather(*(self._serving(self.channels[n]) for n in names))
-        status = dict(zip(names, results, strict=True))
-        ready = all(v == "SERVING" for v in results)
-        return json_response(
-            {"status": "ready" if ready else "unavailable", "services": status},
-            status=200 if ready else 503,
-        )
-
-    async def _serving(self, channel: grpc.aio.Channel) -> str:
-        check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
-        try:
-            answer = await check(health_pb2.HealthCheckRequest(), timeout=READY_TIMEOUT_S)
-        except grpc.aio.AioRpcError as error:
-            return error.code().name
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+        status, body = await self.readiness.report()
+        return json_response(body, status=status)
 
 
 def _model_json(m: pb.Model) -> dict[str, object]:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from edge.auth import Authenticator
 from edge.limits import Limiter, Usage
+from edge.readiness import Readiness
 
 MAX_LABEL_VALUES = 100
 # The semantic conventions' advised buckets.
@@ -101,10 +102,10 @@ class EdgeMetrics:
             registry=r,
         )
 
-    def watch(self, authenticator: Authenticator, limiter: Limiter) -> None:
+    def watch(self, authenticator: Authenticator, limiter: Limiter, readiness: Readiness) -> None:
         """State the edge keeps anyway (plain ints and dicts), read at scrape time:
         nothing on the hot path."""
-        self.registry.register(_EdgeState(authenticator, limiter, self.team))
+        self.registry.register(_EdgeState(authenticator, limiter, readiness, self.team))
 
     def refused(self, route: str, status: int) -> None:
         """A request answered before it was admitted (bad key, bad body, a limit…)."""
@@ -128,9 +129,16 @@ class EdgeMetrics:
 
 
 class _EdgeState(Collector):
-    def __init__(self, authenticator: Authenticator, limiter: Limiter, team: BoundedLabel) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        limiter: Limiter,
+        readiness: Readiness,
+        team: BoundedLabel,
+    ) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
+        self.readiness = readiness
         self.team = team
 
     def collect(self) -> Iterator[Metric]:
@@ -165,6 +173,15 @@ class _EdgeState(Collector):
             "Settles (limits back, ledger rows) waiting for auth to take them.",
             value=settles.pending,
         )
+        up = GaugeMetricFamily(
+            "aqueduct_dependency_up",
+            "1 while a store behind a service answers (auth.limits: Redis, auth.database), "
+            "as that service's health reports it; polled every 2 s.",
+            labels=["dependency"],
+        )
+        for name, state in sorted(self.readiness.stores.items()):
+            up.add_metric([name], float(state == "SERVING"))
+        yield up
         yield CounterMetricFamily(
             "aqueduct_settles_dropped",
             "Settles dropped because auth was unreachable and the queue was full.",

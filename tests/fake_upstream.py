@@ -25,6 +25,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ Send = Callable[[dict[str, Any]], Any]
 class Reply:
     """How the fake answers one request."""
 
-    kind: str = "stream"  # stream | json | echo | status | garbage | garbage_sse | hang
+    kind: str = "stream"  # stream | json | echo | status | garbage | garbage_sse | hang | bomb
     chunks: tuple[str, ...] = ("Hello", " world")
     delay_s: float = 0.0  # between stream chunks
     first_delay_s: float = 0.0  # before the status line
@@ -88,6 +89,11 @@ class Reply:
     def garbage_sse() -> Reply:
         """An event stream whose first event is not JSON."""
         return Reply("garbage_sse")
+
+    @staticmethod
+    def bomb(size: int) -> Reply:
+        """`application/json` gzipped: `size` zero bytes once inflated, ~1/1000 of it sent."""
+        return Reply("bomb", status=size)
 
     @staticmethod
     def hang() -> Reply:
@@ -238,6 +244,10 @@ class FakeUpstream:
             )
         elif reply.kind == "garbage":
             await self._send(send, 200, b"{this is not json", "application/json", reply, state)
+        elif reply.kind == "bomb":
+            body = gzip_bomb(reply.status)
+            reply = Reply(headers=(("content-encoding", "gzip"),))
+            await self._send(send, 200, body, "application/json", reply, state)
         elif reply.kind == "garbage_sse":
             await self._send(send, 200, b"data: {broken\n\n", "text/event-stream", reply, state)
         elif path.endswith("/embeddings"):
@@ -343,6 +353,20 @@ async def _text_answer(
     state["finished"] = True
     raw = b"".join(_event(e) for e in events) + b"data: [DONE]\n\n"
     await send({"type": "http.response.body", "body": raw})
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A valid gzip body of `size` zero bytes (a multiple of 1 MiB), ~1 KiB per MiB:
+    one 1 MiB block compressed on its own (a full flush), repeated."""
+    block = bytes(1 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = packer.compress(block) + packer.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(size >> 20):
+        crc = zlib.crc32(block, crc)
+    head = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    tail = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return head + chunk * (size >> 20) + packer.flush() + tail
 
 
 def _event(chunk: dict[str, Any]) -> bytes:

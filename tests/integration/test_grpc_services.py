@@ -104,9 +104,11 @@ def test_readyz_reports_every_dependency(stack: Stack) -> None:
 
     answer = httpx.get(f"{stack.base_url}/readyz")
     assert answer.status_code == 200
+    assert answer.json()["status"] == "ready"
     assert answer.json()["services"] == {
         "auth": "SERVING",
         "files": "SERVING",
         "inference": "SERVING",
     }
+    assert answer.json()["dependencies"] == {"auth.limits": "SERVING", "auth.database": "SERVING"}
     assert httpx.get(f"{stack.base_url}/healthz").status_code == 200

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -24,6 +23,7 @@ from services.inference.http1 import (
     Response,
     UpstreamClosed,
 )
+from tests.fake_upstream import gzip_bomb
 from tests.processes import hanging_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -331,13 +331,6 @@ def test_gzip_bodies_are_decoded(run: Callable[..., None]) -> None:
             pool.close()
 
     run(scenario())
-
-
-def gzip_bomb(size: int) -> bytes:
-    """`size` zero bytes, gzipped (about 1000:1)."""
-    packer = zlib.compressobj(9, wbits=31)
-    block = bytes(1 << 20)
-    return b"".join(packer.compress(block) for _ in range(size >> 20)) + packer.flush()
 
 
 def test_a_decompression_bomb_is_refused_past_the_bound(run: Callable[..., None]) -> None:
