@@ -101,6 +101,15 @@ class Running:
         answer = httpx.get(f"{self.base}/v1/admin/usage", headers=ADMIN, timeout=10)
         return sum(row["requests"] for row in answer.json()["data"])
 
+    def limits_state(self) -> tuple[str, float]:
+        """Redis as the edge reports it: /readyz's detail and its metric."""
+        ready = httpx.get(f"{self.base}/readyz", timeout=10)
+        assert ready.status_code == 200  # degraded, not out of rotation
+        metrics = httpx.get(f"{self.base}/metrics", timeout=10).text
+        line = 'aqueduct_dependency_up{dependency="auth.limits"} '
+        value = next(float(x[len(line) :]) for x in metrics.splitlines() if x.startswith(line))
+        return ready.json()["dependencies"]["auth.limits"], value
+
     def auth_logs(self) -> str:
         return "".join(p.read_text() for p in self.gateway.tmp_path.glob("auth*.log"))
 
@@ -169,6 +178,7 @@ def test_a_redis_blip_gives_the_slot_back_and_answers_503_meanwhile(
         assert running.status("/v1/chat/completions", unlimited, CHAT) == 200
         stream.join(30)
         assert statuses == [200]  # it ended while Redis was down: its settle failed
+        wait_for(lambda: running.limits_state() == ("NOT_SERVING", 0.0), 5, "readiness to say")
         time.sleep(max(0.0, 2.0 - (time.monotonic() - down_at)))
         redis.start()
         back_at = time.monotonic()
@@ -179,6 +189,7 @@ def test_a_redis_blip_gives_the_slot_back_and_answers_503_meanwhile(
             "the slot back",
         )
         assert time.monotonic() - back_at < 5  # not the hour-long lease
+        wait_for(lambda: running.limits_state() == ("SERVING", 1.0), 5, "readiness back")
         settle_and_count(running, upstream)
         logs = running.auth_logs()
         assert "Traceback" not in logs

@@ -117,7 +117,7 @@ def test_auth_and_files_migrate_one_postgres_database(
         files.migrate()
         files_store.Base.metadata.create_all(reference.engine)
 
-        assert revision(keys.engine, auth_store.VERSION_TABLE) == "0001"
+        assert revision(keys.engine, auth_store.VERSION_TABLE) == "0002"
         assert revision(files.engine, files_store.VERSION_TABLE) == "0001"
         assert drift(keys.engine, auth_store.Base.metadata) == []
         assert drift(files.engine, files_store.Base.metadata) == []
@@ -148,7 +148,7 @@ def test_a_legacy_postgres_files_table_is_stamped_and_keeps_its_rows(
     try:
         files.migrate()
         assert revision(files.engine, files_store.VERSION_TABLE) == "0001"
-        assert revision(keys.engine, auth_store.VERSION_TABLE) == "0001"
+        assert revision(keys.engine, auth_store.VERSION_TABLE) == "0002"
         assert drift(files.engine, files_store.Base.metadata) == []
         assert files.team_usage("t", NOW) == 60
         # The serial sequence the old table made keeps counting past its rows.
@@ -195,5 +195,5 @@ def test_replicas_starting_together_on_a_new_postgres_database_all_migrate(
         assert failures == []
         table = auth_store.VERSION_TABLE if service == "auth" else files_store.VERSION_TABLE
         check = KeyStore(url)
-        assert revision(check.engine, table) == "0001"
+        assert revision(check.engine, table) == ("0002" if service == "auth" else "0001")
         check.close()

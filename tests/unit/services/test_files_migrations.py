@@ -117,7 +117,7 @@ def test_auth_and_files_migrate_one_database_independently(url: str, first: str)
     for migrate in stores if first == "auth" else reversed(stores):
         migrate()
     try:
-        assert revision(keys.engine, AUTH_VERSION_TABLE) == "0001"
+        assert revision(keys.engine, AUTH_VERSION_TABLE) == "0002"
         assert revision(files.engine, VERSION_TABLE) == "0001"
         tables = set(sqlalchemy.inspect(files.engine).get_table_names())
         assert {"api_keys", "teams", "usage_records", "files"} <= tables
@@ -144,7 +144,7 @@ def test_a_legacy_files_table_beside_migrated_auth_tables_is_stamped(url: str) -
     files.migrate()
     try:
         assert revision(files.engine, VERSION_TABLE) == "0001"
-        assert revision(keys.engine, AUTH_VERSION_TABLE) == "0001"
+        assert revision(keys.engine, AUTH_VERSION_TABLE) == "0002"
         assert files.get("t", record(1).id, NOW) == record(1)
     finally:
         keys.close()

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
+from alembic.config import Config
 
 from core.errors import Kind, ServiceError
 from services.auth.keys import KeyRecord, hash_secret, new_key_id
 from services.auth.ledger import UsageLedger
-from services.auth.store import KeyStore
+from services.auth.store import MIGRATIONS, VERSION_TABLE, Base, KeyStore, UsageRow
+from tests.schema_checks import drift, revision
 
 
 @pytest.fixture
@@ -172,3 +175,26 @@ def test_an_unreachable_database_is_unavailable_not_internal(tmp_path: Path) -> 
     assert refused.value.kind is Kind.UNAVAILABLE
     assert refused.value.reason == "DATABASE_UNAVAILABLE"
     assert not missing.database.up
+
+
+def test_a_ledger_from_before_0002_upgrades_with_its_rows_and_then_dedupes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = KeyStore(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = old.engine
+    command.upgrade(config, "0001")
+    old_row = row("a", time.time())
+    del old_row["reservation_id"]
+    with old.engine.begin() as connection:
+        connection.execute(UsageRow.__table__.insert(), [old_row, old_row])  # type: ignore[attr-defined]
+    old.close()
+
+    store = KeyStore(url)
+    store.migrate()
+    assert revision(store.engine, VERSION_TABLE) == "0002"
+    assert drift(store.engine, Base.metadata) == []  # the models match the migrations
+    again = row("a", time.time())
+    store.add_usage([again])
+    store.add_usage([again])
+    assert store.usage_totals({"key_id": "a"}, None)[0]["requests"] == 3
