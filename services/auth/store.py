@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 from services.auth.dependencies import database_dependency
 from services.auth.keys import KeyRecord, Limits
@@ -106,7 +107,6 @@ class UsageRow(Base):
     created_at: Mapped[float] = mapped_column(Float, index=True)
 
 
-DIALECT_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 USAGE_GROUPS = {"key": UsageRow.key_id, "model": UsageRow.model, "team": UsageRow.team}
 
 
@@ -231,9 +231,14 @@ class KeyStore:
         # reservations (a retried settle) wait for each other, never deadlock.
         rows = sorted(rows, key=lambda row: row["reservation_id"])
         with self._session(write=True) as session:
-            dialect_insert = DIALECT_INSERTS.get(self.engine.dialect.name)
-            if dialect_insert is not None:
-                stmt = dialect_insert(UsageRow).on_conflict_do_nothing(
+            dialect = self.engine.dialect.name
+            stmt: Executable
+            if dialect == "postgresql":
+                stmt = postgresql.insert(UsageRow).on_conflict_do_nothing(
+                    index_elements=["reservation_id"]
+                )
+            elif dialect == "sqlite":
+                stmt = sqlite.insert(UsageRow).on_conflict_do_nothing(
                     index_elements=["reservation_id"]
                 )
             else:  # no ON CONFLICT here: leave out the rows already in (the unique
