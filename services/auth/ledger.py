@@ -23,6 +23,7 @@ from services.auth.store import KeyStore
 log = logging.getLogger(__name__)
 MAX_PENDING = 20_000  # rows (~1 KiB each in memory at most)
 PURGE_EVERY_S = 3600.0
+COMMIT_DELAY_S = 0.002
 
 
 class UsageLedger:
@@ -64,6 +65,10 @@ class UsageLedger:
 
     async def _write_loop(self) -> None:
         while self._pending:
+            # Let the settles of callers answered by the last commit come back
+            # first (PostgreSQL's commit_delay): else the first of them goes alone
+            # and the rest wait a whole commit behind it.
+            await asyncio.sleep(COMMIT_DELAY_S)
             rows, self._pending = self._pending, []
             waiters, self._waiters = self._waiters, []
             try:

@@ -25,8 +25,10 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
@@ -230,20 +232,23 @@ class KeyStore:
         # One order on every replica: two transactions inserting the same
         # reservations (a retried settle) wait for each other, never deadlock.
         rows = sorted(rows, key=lambda row: row["reservation_id"])
+        # Core statements on the tables, not ORM ones: settles wait for this
+        # transaction, and the ORM's bookkeeping doubled its CPU.
+        usage, keys = Base.metadata.tables["usage_records"], Base.metadata.tables["api_keys"]
         with self._session(write=True) as session:
             dialect = self.engine.dialect.name
             stmt: Executable
             if dialect == "postgresql":
-                stmt = postgresql.insert(UsageRow).on_conflict_do_nothing(
+                stmt = postgresql.insert(usage).on_conflict_do_nothing(
                     index_elements=["reservation_id"]
                 )
             elif dialect == "sqlite":
-                stmt = sqlite.insert(UsageRow).on_conflict_do_nothing(
+                stmt = sqlite.insert(usage).on_conflict_do_nothing(
                     index_elements=["reservation_id"]
                 )
             else:  # no ON CONFLICT here: leave out the rows already in (the unique
                 # index still refuses a concurrent insert: that settle fails, is retried)
-                stmt = insert(UsageRow)
+                stmt = insert(usage)
                 ids = [row["reservation_id"] for row in rows]
                 known = UsageRow.reservation_id.in_(ids)
                 seen = set(session.scalars(select(UsageRow.reservation_id).where(known)))
@@ -256,9 +261,12 @@ class KeyStore:
                     last_use.get(row["key_id"], 0), int(row["created_at"])
                 )
             for key_id, when in sorted(last_use.items()):
-                key = session.get(ApiKey, key_id)
-                if key is not None and (key.last_used_at or 0) < when:
-                    key.last_used_at = when
+                session.execute(
+                    update(keys)
+                    .where(keys.c.id == key_id)
+                    .where(or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < when))
+                    .values(last_used_at=when)
+                )
 
     def usage_totals(self, filters: dict[str, Any], group_by: str | None) -> list[dict[str, Any]]:
         columns = [USAGE_GROUPS[group_by].label(group_by)] if group_by else []
