@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from core.config import ConfigError, env_float
 from services.common.interceptors import interceptors
+from services.common.metrics import ServiceMetrics, metrics_address
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ class ServiceHost:
     def __init__(self, address: str, service_names: Sequence[str]) -> None:
         self.address = address
         self.service_names = list(service_names)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors())
+        self.metrics = ServiceMetrics()
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=interceptors(self.metrics)
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -64,11 +68,16 @@ class ServiceHost:
     async def mark_serving(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
+    async def serve_metrics(self, address: tuple[str, int] | None) -> None:
+        if address is not None:
+            await self.metrics.serve(*address)
+
     async def stop(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         for hook in self.on_shutdown:
             hook()
         await self.server.stop(grace)
+        await self.metrics.close()
 
     async def _set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
@@ -94,6 +103,7 @@ async def run_until_signalled(
     port = await host.start()
     log.info("listening", extra={"address": host.address, "port": port})
     try:
+        await host.serve_metrics(metrics_address(name))
         await ready()
         await host.mark_serving()
         log.info("serving", extra={"service": name})
@@ -118,9 +128,10 @@ class GrpcService:
     async def close(self) -> None:
         return None
 
-    async def start(self) -> int:
+    async def start(self, metrics_at: tuple[str, int] | None = None) -> int:
         """Start and get ready without waiting for signals (tests, embedding)."""
         port = await self.host.start()
+        await self.host.serve_metrics(metrics_at)
         await self.ready()
         await self.host.mark_serving()
         return port
