@@ -19,7 +19,7 @@ DASHBOARD_FILE = ROOT / "deploy" / "grafana" / "dashboards" / "aqueduct.json"
 
 # Series Prometheus makes itself for every target, not the code.
 PROMETHEUS_SERIES = {"up"}
-# Labels Prometheus adds to every scraped series, and a histogram's bucket bound.
+# Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 KEYWORDS = {
     "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
