@@ -33,7 +33,7 @@ Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler
 REQUEST_ID_KEY = "x-request-id"
 
 
-class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Replaces each method's coroutine behaviour by `wrap(behaviour)`, once."""
 
     def __init__(self) -> None:
@@ -74,7 +74,7 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):
         raise NotImplementedError
 
 
-class ErrorInterceptor(_WrappingInterceptor):
+class ErrorInterceptor(WrappingInterceptor):
     """A `ServiceError` ends the call with its status and a `google.rpc.ErrorInfo`
     detail; anything else unexpected ends it INTERNAL, the details only logged.
     Every call's end is logged at DEBUG (after the handler ran, so with the
@@ -102,7 +102,7 @@ class ErrorInterceptor(_WrappingInterceptor):
         return mapped
 
 
-class RequestIdInterceptor(_WrappingInterceptor):
+class RequestIdInterceptor(WrappingInterceptor):
     """Sets `REQUEST_ID` for the call: from a request message's `request_id`
     field where it has one (inference: call metadata costs the edge ~100 us of
     CPU a call in grpc.aio), else from the `x-request-id` metadata."""
