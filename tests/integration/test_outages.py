@@ -4,6 +4,7 @@ within 2 s (gRPC's default reconnect backoff made it 9-17 s)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -169,6 +170,90 @@ def test_a_clean_auth_restart_under_load_loses_no_usage_row(
     finally:
         for process in processes.values():
             stop(process)
+
+
+def test_auth_stopped_under_load_drains_in_moments_and_takes_every_settle_meanwhile(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """SIGTERM while the edge watches key events and 20 clients keep sending: auth
+    ends the watch at once instead of waiting its 20 s grace for it, refuses new
+    work, and takes the settles of the requests already admitted until none is
+    left: nothing waits at the edge, and every answer has its row."""
+    upstream.default = Reply.stream("a", "b", delay_s=0.05)
+    gateway = Gateway.on(tmp_path, upstream, {"AQUEDUCT_SHUTDOWN_GRACE_S": "20"})
+    env, port, start = gateway.env, gateway.port, gateway.start
+
+    processes = {name: start(name) for name in (*SERVICES, "edge")}
+    base = f"http://127.0.0.1:{port}"
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    answers: list[tuple[int, str]] = []  # status, error code
+    running = threading.Event()
+    running.set()
+
+    def client(key: str) -> None:
+        headers = {"authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=base, headers=headers, timeout=10) as http:
+            deadline = time.monotonic() + 60  # bounded, whatever happens
+            while running.is_set() and time.monotonic() < deadline:
+                try:
+                    answer = http.post("/v1/chat/completions", json=chat)
+                except httpx.HTTPError:
+                    answers.append((0, ""))
+                    continue
+                code = answer.json()["error"]["code"] if answer.status_code != 200 else ""
+                answers.append((answer.status_code, code))
+
+    try:
+        for name in SERVICES:
+            wait_for(lambda n=name: serving(env[f"AQUEDUCT_{n.upper()}_ADDR"]), 60, f"{name}")
+        admin = {"authorization": f"Bearer {KEY}"}
+        wait_for(lambda: _status(f"{base}/v1/models", admin) == 200, 30, "the edge")
+        created = httpx.post(  # a key with a limit: each request reserves, then settles
+            f"{base}/v1/admin/keys",
+            headers=admin,
+            json={"name": "drain", "limits": {"max_concurrent": 1000}},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        clients = [
+            threading.Thread(target=client, args=(created.json()["key"],)) for _ in range(20)
+        ]
+        for thread in clients:
+            thread.start()
+        wait_for(lambda: len(answers) >= 100, 30, "answers under load")
+        processes["auth"].send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert processes["auth"].wait(30) == 0
+        drained_s = time.monotonic() - signalled
+        running.clear()
+        for thread in clients:
+            thread.join(30)
+        assert drained_s < 8, drained_s  # its grace is 20 s
+        assert {status for status, _ in answers} <= {200, 503}, answers
+        assert ("503", "shutting_down") in {(str(s), c) for s, c in answers}
+        assert _settles_pending(base) == 0  # the draining auth took every one
+
+        served = upstream.completed
+        assert [s for s, _ in answers].count(200) == served > 0
+        processes["auth"] = start("auth")
+        wait_for(lambda: serving(env["AQUEDUCT_AUTH_ADDR"]), 60, "auth back")
+
+        def rows() -> int:
+            answer = httpx.get(f"{base}/v1/admin/usage", headers=admin, timeout=10)
+            return sum(row["requests"] for row in answer.json()["data"])
+
+        wait_for(lambda: rows() >= served, 20, f"{served} usage rows")
+        assert rows() == served
+    finally:
+        for process in processes.values():
+            stop(process)
+
+
+def _settles_pending(base: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("aqueduct_settles_pending "):
+            return float(line.split()[1])
+    raise AssertionError("no aqueduct_settles_pending in /metrics")
 
 
 @pytest.mark.skipif(not listening(REDIS), reason="Redis is not running on 127.0.0.1:6379")
