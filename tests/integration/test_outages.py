@@ -260,6 +260,61 @@ def test_auth_stopped_under_load_drains_in_moments_and_takes_every_settle_meanwh
             stop(process)
 
 
+def test_inference_stopped_mid_stream_finishes_it_refuses_new_ones_and_exits_right_after(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """SIGTERM with a stream running and the edge's idle prepared calls open: the
+    stream ends in full, a new request is told to come back (503 shutting_down,
+    Retry-After), and inference exits once the stream is done, not after its grace."""
+    gateway = Gateway.on(tmp_path, upstream, {"AQUEDUCT_SHUTDOWN_GRACE_S": "30"})
+    env, port, start = gateway.env, gateway.port, gateway.start
+    processes = {name: start(name) for name in (*SERVICES, "edge")}
+    base = f"http://127.0.0.1:{port}"
+    headers = {"authorization": f"Bearer {KEY}"}
+    chat = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    streamed: list[str] = []
+
+    def stream() -> None:
+        body = {**chat, "stream": True}
+        with httpx.stream(
+            "POST", f"{base}/v1/chat/completions", json=body, headers=headers, timeout=30
+        ) as answer:
+            streamed.append("".join(answer.iter_text()))
+
+    try:
+        for name in SERVICES:
+            wait_for(lambda n=name: serving(env[f"AQUEDUCT_{n.upper()}_ADDR"]), 60, f"{name}")
+        url = f"{base}/v1/chat/completions"
+        wait_for(lambda: _status(url, headers, chat) == 200, 30, "a chat answer")
+        # Its end left a prepared call open at the edge: idle, not work.
+        upstream.default = Reply.stream(*["x"] * 30, delay_s=0.1)
+        running = threading.Thread(target=stream)
+        running.start()
+        upstream.wait_for(lambda: upstream.active == 1, 10)
+        processes["inference"].send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        refused: list[httpx.Response] = []
+
+        def refused_now() -> bool:
+            answer = httpx.post(url, headers=headers, json=chat, timeout=10)
+            if answer.status_code == 503:
+                refused.append(answer)
+            return bool(refused)
+
+        wait_for(refused_now, 5, "a new request refused")
+        assert refused[0].json()["error"]["code"] == "shutting_down", refused[0].text
+        assert refused[0].headers["retry-after"] == "1"
+        assert processes["inference"].wait(30) == 0
+        took_s = time.monotonic() - signalled
+        running.join(10)
+        assert streamed and streamed[0].rstrip().endswith("data: [DONE]"), streamed
+        assert streamed[0].count('"content":"x"') == 30
+        assert took_s < 15, took_s  # the stream's 3 s and a moment, not the 30 s grace
+    finally:
+        for process in processes.values():
+            stop(process)
+
+
 def _settles_pending(base: str) -> float:
     for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
         if line.startswith("aqueduct_settles_pending "):
