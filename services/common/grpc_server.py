@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from core.config import ConfigError, env_float
 from services.common.drain import Drain, DrainInterceptor
 from services.common.interceptors import interceptors
+from services.common.metrics import ServiceMetrics, metrics_address
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,12 @@ class ServiceHost:
     ) -> None:
         self.address = address
         self.service_names = list(service_names)
+        self.metrics = ServiceMetrics()
         self.drain = Drain(self.service_names, finishing)
+        # The drain's interceptor innermost: its refusals are mapped and counted.
         self.server = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[*interceptors(), DrainInterceptor(self.drain)]
+            options=SERVER_OPTIONS,
+            interceptors=[*interceptors(self.metrics), DrainInterceptor(self.drain)],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -75,6 +79,10 @@ class ServiceHost:
     async def mark_serving(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
+    async def serve_metrics(self, address: tuple[str, int] | None) -> None:
+        if address is not None:
+            await self.metrics.serve(*address)
+
     async def stop(self, grace: float) -> None:
         """Drain, then stop; `grace` bounds the whole of it. In this order:
 
@@ -97,6 +105,7 @@ class ServiceHost:
             hook()
         await self.drain.wait(deadline)
         await self.server.stop(max(0.0, deadline - loop.time()))
+        await self.metrics.close()
 
     async def _set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
@@ -123,6 +132,7 @@ async def run_until_signalled(
     port = await host.start()
     log.info("listening", extra={"address": host.address, "port": port})
     try:
+        await host.serve_metrics(metrics_address(name))
         await ready()
         await host.mark_serving()
         log.info("serving", extra={"service": name})
@@ -147,9 +157,10 @@ class GrpcService:
     async def close(self) -> None:
         return None
 
-    async def start(self) -> int:
+    async def start(self, metrics_at: tuple[str, int] | None = None) -> int:
         """Start and get ready without waiting for signals (tests, embedding)."""
         port = await self.host.start()
+        await self.host.serve_metrics(metrics_at)
         await self.ready()
         await self.host.mark_serving()
         return port

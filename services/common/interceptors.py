@@ -1,5 +1,6 @@
-"""Server interceptors every service installs: domain errors become gRPC
-statuses, and the caller's request id reaches every log line.
+"""Server interceptors every service installs: calls are counted for metrics,
+domain errors become gRPC statuses, and the caller's request id reaches every
+log line.
 
 Each wraps a method's handler once and reuses the wrapper, so a call pays a
 dictionary lookup and at most one extra await per interceptor (about 1-2 us of
@@ -21,6 +22,7 @@ import grpc
 from core.errors import ServiceError
 from core.request_id import REQUEST_ID
 from core.status import to_grpc_status
+from services.common.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,19 @@ def carries_request_id(handler: Handler) -> bool:
     return descriptor is not None and "request_id" in descriptor.fields_by_name
 
 
-def interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """In call order: the request id is set before errors are mapped and logged."""
-    return [RequestIdInterceptor(), ErrorInterceptor()]
+class MetricsInterceptor(WrappingInterceptor):
+    """Counts each call by method and final status code (outermost, so that it
+    sees the status the error interceptor ended the call with)."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def wrap(self, behavior: Behavior, handler: Handler, method: str) -> Behavior:
+        return self.metrics.measure(behavior, method)
+
+
+def interceptors(metrics: ServiceMetrics) -> list[grpc.aio.ServerInterceptor]:
+    """In call order: counted, then the request id is set before errors are
+    mapped and logged."""
+    return [MetricsInterceptor(metrics), RequestIdInterceptor(), ErrorInterceptor()]
