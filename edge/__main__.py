@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 import uvloop
 
-from core import logs
+from core import logs, tracing
 from core.config import ConfigError, env
 from edge.app import create_app
 from edge.config import Settings
@@ -35,6 +35,7 @@ class _Server(uvicorn.Server):
 
 def main() -> None:
     logs.setup("edge", env("AQUEDUCT_LOG_LEVEL", "INFO"))
+    tracing.configure("edge")
     try:
         settings = Settings.from_env()
     except ConfigError as error:

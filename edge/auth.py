@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 
+from core import tracing
 from edge.errors import ApiError, from_rpc_error
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class Authenticator:
             response = await self.stub.VerifyKey(
                 pb.VerifyKeyRequest(key=secret),
                 timeout=VERIFY_TIMEOUT_S,
-                metadata=(("x-request-id", request_id),),
+                metadata=tracing.call_metadata(request_id),
             )
         except grpc.aio.AioRpcError as error:
             mapped = from_rpc_error(error, "auth")

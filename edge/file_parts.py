@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 from aqueduct.files.v1 import files_pb2 as pb
 
+from core import tracing
 from edge.chat_request import FilePart, PendingContent
 from edge.errors import ApiError, from_rpc_error, invalid
 
@@ -79,7 +80,7 @@ class FilePartResolver:
         """Fill in the content of every message that has file parts."""
         if not pending:
             return
-        metadata = (("x-request-id", request_id),)
+        metadata = tracing.call_metadata(request_id)
         parts = [s for p in pending for s in p.segments if isinstance(s, FilePart)]
         sized = await asyncio.gather(*(self._size(part, team, metadata) for part in parts))
         self._check_limits(sized)

@@ -17,6 +17,7 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2
 
+from core import tracing
 from core.limit_names import LIMIT_NAMES
 from core.status import error_info
 from edge.errors import UNLIMITED_RATE_HEADERS, ApiError, duration, from_rpc_error
@@ -170,7 +171,7 @@ class Limiter:
                     output_tokens=output_tokens,
                 ),
                 timeout=RESERVE_TIMEOUT_S,
-                metadata=(("x-request-id", request_id),),
+                metadata=tracing.call_metadata(request_id),
             )
         except grpc.aio.AioRpcError as error:
             mapped = from_rpc_error(error, "auth")

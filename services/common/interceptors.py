@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from core import tracing
 from core.errors import ServiceError
 from core.request_id import REQUEST_ID
 from core.status import to_grpc_status
@@ -126,7 +127,7 @@ class RequestIdInterceptor(WrappingInterceptor):
         return handler
 
     def wrap(self, behavior: Behavior, handler: Handler, method: str) -> Behavior:
-        if not carries_request_id(handler):
+        if not has_field(handler, "request_id"):
             return behavior
         self._in_message.add(method)
         if handler.request_streaming:
@@ -139,11 +140,36 @@ class RequestIdInterceptor(WrappingInterceptor):
         return with_id
 
 
-def carries_request_id(handler: Handler) -> bool:
-    """Whether the method's request message has a `request_id` field."""
+def has_field(handler: Handler, name: str) -> bool:
+    """Whether the method's request message has a field `name`."""
     message = getattr(handler.request_deserializer, "__self__", None)  # Message.FromString
     descriptor = getattr(message, "DESCRIPTOR", None)
-    return descriptor is not None and "request_id" in descriptor.fields_by_name
+    return descriptor is not None and name in descriptor.fields_by_name
+
+
+class TracingInterceptor(WrappingInterceptor):
+    """A server span for each call, child of the caller's trace context: the
+    request message's `traceparent` field where it has one, else the call's
+    `traceparent` metadata. Installed only when tracing is on. A call whose
+    request is a stream (a prepared call) gets its span from the servicer,
+    which reads the message."""
+
+    def wrap(self, behavior: Behavior, handler: Handler, method: str) -> Behavior:
+        if handler.request_streaming:
+            return behavior
+        name = method.lstrip("/")
+        in_message = has_field(handler, tracing.TRACEPARENT)
+
+        async def traced(request: Any, context: Context) -> Any:
+            if in_message:
+                parent = request.traceparent
+            else:
+                found = dict(context.invocation_metadata() or ())
+                parent = str(found.get(tracing.TRACEPARENT, ""))
+            with tracing.remote(name, parent):
+                return await behavior(request, context)
+
+        return traced
 
 
 class MetricsInterceptor(WrappingInterceptor):
@@ -161,4 +187,5 @@ class MetricsInterceptor(WrappingInterceptor):
 def interceptors(metrics: ServiceMetrics) -> list[grpc.aio.ServerInterceptor]:
     """In call order: counted, then the request id is set before errors are
     mapped and logged."""
-    return [MetricsInterceptor(metrics), RequestIdInterceptor(), ErrorInterceptor()]
+    traced = [TracingInterceptor()] if tracing.STATE.enabled else []
+    return [MetricsInterceptor(metrics), *traced, RequestIdInterceptor(), ErrorInterceptor()]
