@@ -30,7 +30,7 @@ class Sink(pb_grpc.TraceServiceServicer):
 async def serve(port: int) -> None:
     server = grpc.aio.server()
     sink = Sink()
-    pb_grpc.add_TraceServiceServicer_to_server(sink, server)
+    pb_grpc.add_TraceServiceServicer_to_server(sink, server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     try:
