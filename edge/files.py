@@ -28,6 +28,7 @@ from core.enum_names import FILE_PURPOSES
 from edge.auth import Authenticator
 from edge.errors import ApiError, from_rpc_error, invalid
 from edge.http import json_response, request_id, until_disconnect
+from edge.path_ids import generated_id
 
 if TYPE_CHECKING:
     from aqueduct.files.v1.files_pb2_grpc import FilesServiceAsyncStub
@@ -143,7 +144,7 @@ class FilesApi:
 
     async def retrieve(self, request: Request) -> Response:
         team, metadata = await self._team(request)
-        file_id = request.path_params["file_id"]
+        file_id = generated_id(request, "file_id", "file", "file_id")
         try:
             answer = await self.files.GetFile(
                 pb.GetFileRequest(team=team, file_id=file_id),
@@ -156,7 +157,7 @@ class FilesApi:
 
     async def delete(self, request: Request) -> Response:
         team, metadata = await self._team(request)
-        file_id = request.path_params["file_id"]
+        file_id = generated_id(request, "file_id", "file", "file_id")
         try:
             answer = await self.files.DeleteFile(
                 pb.DeleteFileRequest(team=team, file_id=file_id),
@@ -172,7 +173,7 @@ class FilesApi:
 
     async def content(self, request: Request) -> Response:
         team, metadata = await self._team(request)
-        file_id = request.path_params["file_id"]
+        file_id = generated_id(request, "file_id", "file", "file_id")
         call: DownloadCall = self.files.DownloadFileContent(
             pb.DownloadFileContentRequest(team=team, file_id=file_id), metadata=metadata
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -15,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from core.request_id import REQUEST_ID
+from core.request_id import REQUEST_ID, sane_request_id
 from edge.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -24,11 +23,10 @@ REQUEST_ID_KEY = "aqueduct.request_id"
 
 
 def request_id(request: Request) -> str:
-    """The caller's `x-request-id` if sane, else a fresh one; stable per request."""
+    """The caller's `x-request-id` if safe, else a fresh one; stable per request."""
     rid = request.scope.get(REQUEST_ID_KEY)
     if rid is None:
-        given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        rid = sane_request_id(request.headers.get("x-request-id"))
         request.scope[REQUEST_ID_KEY] = rid
         REQUEST_ID.set(rid)  # for every log line written while serving it
         log.debug("request", extra={"method": request.method, "path": request.url.path})
