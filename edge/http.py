@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -61,11 +61,16 @@ async def read_json(request: Request, limit: int) -> object:
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut by the body timeout: nobody to answer
+        raise ApiError(
+            499, "Client closed the request.", type="cancelled", code="client_disconnected"
+        ) from None
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as error:
