@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.processes import edge_process
+from tests.processes import edge_process, rss_kib
 
 KEY = "sk-aq-http-limits-0123456789abcdefghijklmnopqrstuvw"
 TIMEOUTS = {
@@ -27,10 +27,16 @@ WAIT_S = 15  # far beyond every timeout above: a hang fails, a slow machine does
 
 
 @pytest.fixture(scope="module")
-def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """The edge's port and pid."""
     tmp_path = Path(tmp_path_factory.mktemp("http-limits"))
-    with edge_process(tmp_path, KEY, **TIMEOUTS) as (base, _pid):
-        yield int(base.rpartition(":")[2])
+    with edge_process(tmp_path, KEY, **TIMEOUTS) as (base, pid):
+        yield int(base.rpartition(":")[2]), pid
+
+
+@pytest.fixture(scope="module")
+def port(edge: tuple[int, int]) -> int:
+    return edge[0]
 
 
 def connect(port: int) -> socket.socket:
@@ -69,11 +75,18 @@ def exchange(port: int, payload: bytes) -> bytes:
         return read_all(sock)
 
 
-def test_a_huge_header_is_refused_with_431_before_any_key_check(port: int) -> None:
-    # 1 MB of one header, no key: the edge reads 64 KiB of it, answers, drops the rest.
-    error = openai_error(exchange(port, head("X-Big: " + "a" * 1024 * 1024)), 431)
+def test_a_huge_header_is_refused_with_431_before_any_key_check(edge: tuple[int, int]) -> None:
+    port, pid = edge
+    exchange(port, head("X-Big: " + "a" * 1024 * 1024))  # warm the paths
+    with open(f"/proc/{pid}/clear_refs", "w") as control:
+        control.write("5")  # VmHWM starts again from the current RSS
+    before = rss_kib(pid, "VmRSS")
+    # 32 MB of one header, no key: the edge reads 64 KiB of it, answers, drops the rest.
+    error = openai_error(exchange(port, head("X-Big: " + "a" * 32 * 1024 * 1024)), 431)
     assert error["code"] == "request_headers_too_large"
     assert "64 KiB" in str(error["message"])
+    growth_mib = (rss_kib(pid, "VmHWM") - before) / 1024
+    assert growth_mib < 8, f"the edge grew by {growth_mib:.0f} MiB"  # it was 81 MiB
 
 
 def test_too_many_headers_are_refused_with_431(port: int) -> None:
