@@ -193,3 +193,11 @@ def test_a_client_sending_a_body_over_the_limit_before_reading_gets_the_413(port
     head_line, _, payload = answer.partition(b"\r\n\r\n")
     assert head_line.startswith(b"HTTP/1.1 413 "), answer[:300]
     assert orjson.loads(payload)["error"]["code"] == "request_too_large"
+
+
+def test_pipelined_requests_in_one_write_are_all_answered(port: int) -> None:
+    requests = head(request="GET /healthz HTTP/1.1") * 3 + head(
+        "Connection: close", request="GET /healthz HTTP/1.1"
+    )
+    answers = exchange(port, requests)
+    assert answers.count(b"HTTP/1.1 200 ") == 4, answers
