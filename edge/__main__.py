@@ -15,6 +15,7 @@ from core import logs, tracing
 from core.config import ConfigError, env
 from edge.app import create_app
 from edge.config import Settings
+from edge.http_server import uvicorn_config
 
 
 class _Server(uvicorn.Server):
@@ -41,14 +42,12 @@ def main() -> None:
     except ConfigError as error:
         print(f"edge: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
-    config = uvicorn.Config(
+    config = uvicorn_config(
         create_app(settings),
+        settings.http,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting: nothing here reads client addresses
         timeout_graceful_shutdown=5,
     )

@@ -46,9 +46,12 @@ def bearer_key(headers: Mapping[str, str]) -> str:
     return secret
 
 
-EXPIRED = ApiError(
-    401, "This API key has expired.", type="authentication_error", code="key_expired"
-)
+def key_expired() -> ApiError:
+    # A fresh error each time: a shared instance raised again and again keeps
+    # every raise's traceback, and with it each request's frames, alive.
+    return ApiError(
+        401, "This API key has expired.", type="authentication_error", code="key_expired"
+    )
 
 
 class Authenticator:
@@ -95,9 +98,9 @@ class Authenticator:
             self.hits += 1
         outcome = cached[1]
         if isinstance(outcome, ApiError):
-            raise outcome
+            raise outcome.copy()  # the cached verdict stays clean (see key_expired)
         if outcome.expires_at and outcome.expires_at <= time.time():
-            raise EXPIRED
+            raise key_expired()
         return outcome
 
     async def _verify(self, secret: str, request_id: str) -> pb.Principal | ApiError:

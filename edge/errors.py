@@ -58,6 +58,17 @@ class ApiError(Exception):
         self.code = code
         self.headers = dict(headers or {})
 
+    def copy(self) -> ApiError:
+        """The same answer as a new exception, for raising a kept (cached) verdict."""
+        return ApiError(
+            self.status,
+            self.message,
+            type=self.type,
+            param=self.param,
+            code=self.code,
+            headers=self.headers,
+        )
+
     def body(self) -> dict[str, object]:
         return {
             "error": {

@@ -25,6 +25,7 @@ from aqueduct.files.v1 import files_pb2 as pb
 from core import tracing
 from edge.chat_request import FilePart, PendingContent
 from edge.errors import ApiError, from_rpc_error, invalid
+from edge.path_ids import SAFE_ID, not_found
 
 if TYPE_CHECKING:
     from aqueduct.files.v1.files_pb2_grpc import FilesServiceAsyncStub
@@ -103,6 +104,8 @@ class FilePartResolver:
     ) -> _Sized:
         if part.file_id is None:
             return _Sized(part, part.filename or "file", _decoded_size(part.base64_data))
+        if not SAFE_ID.fullmatch(part.file_id):  # no such file; and not sent to be echoed back
+            raise not_found("file", part.file_id, f"{part.param}.file.file_id")
         try:
             answer = await self.files.GetFile(
                 pb.GetFileRequest(team=team, file_id=part.file_id),

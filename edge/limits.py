@@ -37,11 +37,6 @@ def estimate_input_tokens(request: inference_pb2.StreamChatCompletionRequest) ->
     return chars // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(request.messages)
 
 
-CLIENT_GONE = ApiError(
-    499, "Client closed the request.", type="cancelled", code="client_disconnected"
-)
-
-
 def estimate_embedding_tokens(request: inference_pb2.CreateEmbeddingsRequest) -> int:
     chars = sum(len(i.text) for i in request.inputs if i.HasField("text"))
     ids = sum(len(i.tokens.ids) for i in request.inputs if i.HasField("tokens"))
@@ -85,7 +80,7 @@ class Usage:
         if error is not None:
             self.failed(error)
         elif not self.completed and not self.error_code:
-            self.failed(CLIENT_GONE)
+            self.status, self.error_code = 499, "client_disconnected"
         if not self.completed:
             self.output_tokens = self.streamed_tokens or estimate_tokens(self.streamed_chars)
 
