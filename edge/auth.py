@@ -56,9 +56,14 @@ def key_expired() -> ApiError:
 
 class Authenticator:
     def __init__(
-        self, stub: AuthServiceAsyncStub, ttl_s: float, watched_ttl_s: float = 300.0
+        self,
+        stub: AuthServiceAsyncStub,
+        ttl_s: float,
+        watched_ttl_s: float = 300.0,
+        wall_clock: Callable[[], float] = time.time,  # for key expiry; tests pass their own
     ) -> None:
         self.stub = stub
+        self.wall_clock = wall_clock
         self.ttl_s = ttl_s
         self.watched_ttl_s = watched_ttl_s
         self.watching = False
@@ -99,7 +104,7 @@ class Authenticator:
         outcome = cached[1]
         if isinstance(outcome, ApiError):
             raise outcome.copy()  # the cached verdict stays clean (see key_expired)
-        if outcome.expires_at and outcome.expires_at <= time.time():
+        if outcome.expires_at and outcome.expires_at <= self.wall_clock():
             raise key_expired()
         return outcome
 
