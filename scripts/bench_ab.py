@@ -161,13 +161,15 @@ def wrk(gateway: Gateway, conns: int, duration: float, stream: bool) -> tuple[fl
         "BENCH_STREAM": "1" if stream else "0",
     }
     command = [
-        "taskset", "-c", "0", "wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{duration}s",
+        "taskset", "-c", "0", "wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{round(duration)}s",
         "-s", str(BENCH / "chat.lua"), f"{gateway.base}/v1/chat/completions",
     ]  # fmt: skip
     before = gateway.cpu_s()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 60)
     cpu = gateway.cpu_s() - before
-    line = next(x for x in done.stdout.splitlines() if x.startswith("WRKJSON "))
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise SystemExit(f"{gateway.name}: wrk gave no result:\n{done.stdout}\n{done.stderr}")
     result = json.loads(line[len("WRKJSON ") :])
     errors = sum(result[k] for k in ("connect_err", "read_err", "status_err", "timeout_err"))
     if errors:
