@@ -20,6 +20,7 @@ import uvloop
 
 from edge.app import Gateway, create_app
 from edge.config import Settings as EdgeSettings
+from edge.http_server import uvicorn_config
 from services.auth.config import Settings as AuthSettings
 from services.auth.server import AuthServer
 from services.files.config import Settings as FilesSettings
@@ -154,9 +155,7 @@ class Stack:
                 **overrides,
             }
         )
-        config = uvicorn.Config(
-            create_app(settings), http="httptools", log_config=None, access_log=False, lifespan="on"
-        )
+        config = uvicorn_config(create_app(settings), settings.http, lifespan="on")
         self.edge = uvicorn.Server(config)
         self.edge_task = asyncio.ensure_future(self.edge.serve(sockets=[listener]))
         while not self.edge.started:

@@ -21,6 +21,8 @@ from services.common.grpc_server import GrpcService, ServiceHost
 SERVICE_NAMES = [
     auth_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("AuthService", "AdminService")
 ]
+# Settles complete requests admitted before a drain: taken until it ends.
+FINISHING = [f"/{SERVICE_NAMES[0]}/SettleQuotas"]
 
 
 class AuthServer(GrpcService):
@@ -37,7 +39,8 @@ class AuthServer(GrpcService):
         )
         self.ledger = UsageLedger(self.store, settings.usage_retention_days)
         authority = KeyAuthority(self.store)
-        self.host = ServiceHost(settings.address, SERVICE_NAMES)
+        self.host = ServiceHost(settings.address, SERVICE_NAMES, FINISHING)
+        self.host.on_shutdown.append(self.events.end_streams)  # the edges' watches
         quotas = Quotas(self.counters, self.ledger, settings.reservation_lease_s)
         auth_pb2_grpc.add_AuthServiceServicer_to_server(
             AuthServicer(authority, self.events, quotas), self.host.server

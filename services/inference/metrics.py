@@ -3,13 +3,12 @@ each upstream's attempts, failures, ejections and circuit state, retries per
 model, and the bundled model's queue.
 
 Upstreams are labelled by model and URL (scheme, host, port, path; never
-credentials): both come from the operator's models file, so the set is bounded.
+credentials: Upstream.label): both come from the operator's models file, so the set is bounded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -19,13 +18,6 @@ from services.inference.openai_backend import OpenAIBackend
 from services.inference.registry import ModelRegistry
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
-
-
-def upstream_label(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 class InferenceCollector(Collector):
@@ -76,7 +68,7 @@ class InferenceCollector(Collector):
             if isinstance(backend, OpenAIBackend):
                 retries.add_metric([model], backend.retries)
                 for replica in backend.balancer.replicas:
-                    at = [model, upstream_label(replica.target.url)]
+                    at = [model, replica.target.label]
                     attempts.add_metric(at, replica.attempts)
                     failures.add_metric(at, replica.failed_total)
                     ejections.add_metric(at, replica.ejections)
