@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEPS   := $(VENV)/.deps-installed
 PROTOS := $(shell find proto -name '*.proto')
 GEN    := gen/.generated
 # buf (the proto linter) from the npm registry, pinned, kept in .tools/ (git-ignored).
@@ -14,13 +13,29 @@ BUF_OK := .tools/.buf-$(BUF_VERSION)
 
 setup: $(GEN)
 
+# llama-cpp-python compiles from source (~4 min). Not tuned to the building CPU
+# (GGML_NATIVE would use every instruction it advertises, AMX included, which a
+# virtual machine may advertise and still refuse: SIGILL), but for x86-64-v3
+# (AVX2, FMA, F16C), which runs on any machine of the last decade. The wheel is
+# kept per version and flags outside the clone, so fresh clones on this machine
+# install it at once; pip's own cache ignores the flags (it would hand back a
+# wheel built with others), so this one build skips it.
+LLAMA_SPEC   := $(shell grep -E '^llama-cpp-python==' requirements.txt)
+LLAMA_CMAKE  := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_BUILD  := $(shell echo '$(LLAMA_SPEC) $(LLAMA_CMAKE)' | sha256sum | cut -c1-16)
+LLAMA_WHEELS := $(HOME)/.cache/aqueduct/wheels/$(LLAMA_BUILD)
+# Named after the llama build too: new flags reinstall it in an existing venv.
+DEPS         := $(VENV)/.deps-installed-$(LLAMA_BUILD)
+
 # Pinned dependencies: requirements-dev.txt is the runtime set (requirements.txt)
-# plus what builds, tests and lints. llama-cpp-python compiles from source;
-# pip's wheel cache makes re-installs quick.
+# plus what builds, tests and lints.
 $(DEPS): requirements.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -r requirements-dev.txt
+	ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE)" \
+		$(PY) -m pip wheel --quiet --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "$(LLAMA_SPEC)"
+	$(PY) -m pip install --quiet --find-links $(LLAMA_WHEELS) -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 

@@ -11,6 +11,14 @@ DEFAULT_ADDRESSES = {
     "inference": "127.0.0.1:50053",
 }
 
+# Where `make run` serves each service's Prometheus metrics
+# (AQUEDUCT_<SERVICE>_METRICS_ADDR; unset means off).
+DEFAULT_METRICS_ADDRESSES = {
+    "auth": "127.0.0.1:9101",
+    "files": "127.0.0.1:9102",
+    "inference": "127.0.0.1:9103",
+}
+
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""

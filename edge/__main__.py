@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import uvicorn
 import uvloop
 
-from core import logs
+from core import logs, tracing
 from core.config import ConfigError, env
 from edge.app import create_app
 from edge.config import Settings
+from edge.http_server import uvicorn_config
 
 
 class _Server(uvicorn.Server):
@@ -35,19 +36,18 @@ class _Server(uvicorn.Server):
 
 def main() -> None:
     logs.setup("edge", env("AQUEDUCT_LOG_LEVEL", "INFO"))
+    tracing.configure("edge")
     try:
         settings = Settings.from_env()
     except ConfigError as error:
         print(f"edge: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
-    config = uvicorn.Config(
+    config = uvicorn_config(
         create_app(settings),
+        settings.http,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting: nothing here reads client addresses
         timeout_graceful_shutdown=5,
     )

@@ -6,6 +6,7 @@ in the future, …), so gRPC callers and the CLI get the same rules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -17,6 +18,7 @@ from core.limit_names import LIMIT_NAMES
 from edge.auth import Authenticator, require_admin
 from edge.errors import from_rpc_error, invalid
 from edge.http import json_response, read_json, request_id
+from edge.path_ids import generated_id, named_id
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AdminServiceAsyncStub
@@ -128,18 +130,32 @@ def _query_number(request: Request, name: str) -> float | None:
         raise invalid(name, f"'{name}' must be unix seconds.", "invalid_type") from None
 
 
+def _answer(request: Request, payload: object, status: int = 200) -> Response:
+    return json_response(payload, status, {"x-request-id": request_id(request)})
+
+
+def _key_id(request: Request) -> str:
+    return generated_id(request, "id", "key", "id")
+
+
+def _team(request: Request) -> str:
+    return named_id(request, "team", "team", "team")
+
+
 class AdminApi:
     def __init__(self, authenticator: Authenticator, stub: AdminServiceAsyncStub) -> None:
         self.authenticator = authenticator
         self.stub = stub
 
-    async def _call(self, request: Request, method: str, message: Any) -> Any:
+    async def _call(self, request: Request, method: str, message: Callable[[], Any]) -> Any:
+        """`message()` is built once the key is known to be an admin's (its path
+        ids checked then, so a non-admin key gets 403 whatever the path)."""
         rid = request_id(request)
         require_admin(await self.authenticator.authenticate(request.headers, rid))
         metadata = (("authorization", request.headers["authorization"]), ("x-request-id", rid))
         try:
             return await getattr(self.stub, method)(
-                message, timeout=ADMIN_TIMEOUT_S, metadata=metadata
+                message(), timeout=ADMIN_TIMEOUT_S, metadata=metadata
             )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "auth") from None
@@ -149,29 +165,29 @@ class AdminApi:
 
     async def create_key(self, request: Request) -> Response:
         spec = key_spec(await self._body(request), creating=True)
-        answer = await self._call(request, "CreateKey", pb.CreateKeyRequest(spec=spec))
-        return json_response({**key_json(answer.key), "key": answer.secret}, status=201)
+        answer = await self._call(request, "CreateKey", lambda: pb.CreateKeyRequest(spec=spec))
+        return _answer(request, {**key_json(answer.key), "key": answer.secret}, status=201)
 
     async def list_keys(self, request: Request) -> Response:
-        answer = await self._call(request, "ListKeys", pb.ListKeysRequest())
-        return json_response({"object": "list", "data": [key_json(k) for k in answer.keys]})
+        answer = await self._call(request, "ListKeys", pb.ListKeysRequest)
+        return _answer(request, {"object": "list", "data": [key_json(k) for k in answer.keys]})
 
     async def get_key(self, request: Request) -> Response:
-        answer = await self._call(request, "GetKey", pb.GetKeyRequest(id=request.path_params["id"]))
-        return json_response(key_json(answer.key))
+        answer = await self._call(request, "GetKey", lambda: pb.GetKeyRequest(id=_key_id(request)))
+        return _answer(request, key_json(answer.key))
 
     async def update_key(self, request: Request) -> Response:
         spec = key_spec(await self._body(request), creating=False)
         answer = await self._call(
-            request, "UpdateKey", pb.UpdateKeyRequest(id=request.path_params["id"], spec=spec)
+            request, "UpdateKey", lambda: pb.UpdateKeyRequest(id=_key_id(request), spec=spec)
         )
-        return json_response(key_json(answer.key))
+        return _answer(request, key_json(answer.key))
 
     async def revoke_key(self, request: Request) -> Response:
         answer = await self._call(
-            request, "RevokeKey", pb.RevokeKeyRequest(id=request.path_params["id"])
+            request, "RevokeKey", lambda: pb.RevokeKeyRequest(id=_key_id(request))
         )
-        return json_response(key_json(answer.key))
+        return _answer(request, key_json(answer.key))
 
     async def set_team(self, request: Request) -> Response:
         body = await self._body(request)
@@ -186,18 +202,20 @@ class AdminApi:
         answer = await self._call(
             request,
             "SetTeamLimits",
-            pb.SetTeamLimitsRequest(team=request.path_params["team"], limits=limits),
+            lambda: pb.SetTeamLimitsRequest(team=_team(request), limits=limits),
         )
-        return json_response(
-            {"object": "team", "name": answer.team.name, "limits": limits_json(answer.team.limits)}
+        return _answer(
+            request,
+            {"object": "team", "name": answer.team.name, "limits": limits_json(answer.team.limits)},
         )
 
     async def get_team(self, request: Request) -> Response:
         answer = await self._call(
-            request, "GetTeam", pb.GetTeamRequest(team=request.path_params["team"])
+            request, "GetTeam", lambda: pb.GetTeamRequest(team=_team(request))
         )
-        return json_response(
-            {"object": "team", "name": answer.team.name, "limits": limits_json(answer.team.limits)}
+        return _answer(
+            request,
+            {"object": "team", "name": answer.team.name, "limits": limits_json(answer.team.limits)},
         )
 
     async def usage(self, request: Request) -> Response:
@@ -219,7 +237,7 @@ class AdminApi:
             query.since = since
         if until is not None:
             query.until = until
-        answer = await self._call(request, "QueryUsage", query)
+        answer = await self._call(request, "QueryUsage", lambda: query)
         field = {"key": "key_id", "model": "model", "team": "team"}.get(group or "")
         data = []
         for total in answer.totals:
@@ -232,4 +250,4 @@ class AdminApi:
             if field:
                 row[field] = getattr(total, field)
             data.append(row)
-        return json_response({"object": "list", "data": data})
+        return _answer(request, {"object": "list", "data": data})

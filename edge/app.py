@@ -34,6 +34,7 @@ from edge.http import EventStream, error_response, json_response, request_id
 from edge.limits import Limiter
 from edge.metrics import EdgeMetrics
 from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
+from edge.path_ids import named_id
 from edge.pipeline import GenerationHandler
 from edge.prepared_calls import GenerationCalls, prepared_method
 from edge.readiness import Readiness
@@ -150,7 +151,7 @@ class Gateway:
         """GET /v1/models/{id}: one model (an alias answers for its model); 404 in
         OpenAI's shape for an id that is unknown or that the key may not use."""
         principal = await self.authenticator.authenticate(request.headers, request_id(request))
-        model_id = request.path_params["model_id"]
+        model_id = named_id(request, "model_id", "model", "model")
         allowed = set(principal.allowed_models)
         try:
             if allowed and model_id not in allowed:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 
+from core import tracing
 from edge.errors import ApiError, from_rpc_error
 
 if TYPE_CHECKING:
@@ -45,16 +46,24 @@ def bearer_key(headers: Mapping[str, str]) -> str:
     return secret
 
 
-EXPIRED = ApiError(
-    401, "This API key has expired.", type="authentication_error", code="key_expired"
-)
+def key_expired() -> ApiError:
+    # A fresh error each time: a shared instance raised again and again keeps
+    # every raise's traceback, and with it each request's frames, alive.
+    return ApiError(
+        401, "This API key has expired.", type="authentication_error", code="key_expired"
+    )
 
 
 class Authenticator:
     def __init__(
-        self, stub: AuthServiceAsyncStub, ttl_s: float, watched_ttl_s: float = 300.0
+        self,
+        stub: AuthServiceAsyncStub,
+        ttl_s: float,
+        watched_ttl_s: float = 300.0,
+        wall_clock: Callable[[], float] = time.time,  # for key expiry; tests pass their own
     ) -> None:
         self.stub = stub
+        self.wall_clock = wall_clock
         self.ttl_s = ttl_s
         self.watched_ttl_s = watched_ttl_s
         self.watching = False
@@ -94,9 +103,9 @@ class Authenticator:
             self.hits += 1
         outcome = cached[1]
         if isinstance(outcome, ApiError):
-            raise outcome
-        if outcome.expires_at and outcome.expires_at <= time.time():
-            raise EXPIRED
+            raise outcome.copy()  # the cached verdict stays clean (see key_expired)
+        if outcome.expires_at and outcome.expires_at <= self.wall_clock():
+            raise key_expired()
         return outcome
 
     async def _verify(self, secret: str, request_id: str) -> pb.Principal | ApiError:
@@ -104,7 +113,7 @@ class Authenticator:
             response = await self.stub.VerifyKey(
                 pb.VerifyKeyRequest(key=secret),
                 timeout=VERIFY_TIMEOUT_S,
-                metadata=(("x-request-id", request_id),),
+                metadata=tracing.call_metadata(request_id),
             )
         except grpc.aio.AioRpcError as error:
             mapped = from_rpc_error(error, "auth")

@@ -8,6 +8,27 @@ from core.config import env, env_float, env_int, service_addresses
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """What one HTTP connection may cost the edge (edge/http_server.py)."""
+
+    max_header_bytes: int = 64 * 1024  # request line and headers: over -> 431
+    max_headers: int = 100  # over -> 431
+    header_timeout_s: float = 10.0  # a head not complete by then -> 408
+    body_timeout_s: float = 30.0  # no body byte for this long -> 408
+    idle_timeout_s: int = 75  # keep-alive: an idle connection is closed after this
+
+    @classmethod
+    def from_env(cls) -> HttpLimits:
+        return cls(
+            max_header_bytes=env_int("AQUEDUCT_HTTP_MAX_HEADER_KB", 64, minimum=1) * 1024,
+            max_headers=env_int("AQUEDUCT_HTTP_MAX_HEADERS", 100, minimum=1),
+            header_timeout_s=env_float("AQUEDUCT_HTTP_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
+            body_timeout_s=env_float("AQUEDUCT_HTTP_BODY_TIMEOUT_S", 30.0, minimum=0.1),
+            idle_timeout_s=env_int("AQUEDUCT_HTTP_IDLE_TIMEOUT_S", 75, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str
     port: int
@@ -27,6 +48,7 @@ class Settings:
     # on the edge's own port.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    http: HttpLimits = HttpLimits()
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,4 +67,5 @@ class Settings:
             * 1024,
             metrics_port=env_int("AQUEDUCT_METRICS_PORT", 0, minimum=0) or None,
             metrics_host=env("AQUEDUCT_METRICS_HOST", env("AQUEDUCT_HTTP_HOST", "127.0.0.1")),
+            http=HttpLimits.from_env(),
         )

@@ -58,6 +58,17 @@ class ApiError(Exception):
         self.code = code
         self.headers = dict(headers or {})
 
+    def copy(self) -> ApiError:
+        """The same answer as a new exception, for raising a kept (cached) verdict."""
+        return ApiError(
+            self.status,
+            self.message,
+            type=self.type,
+            param=self.param,
+            code=self.code,
+            headers=self.headers,
+        )
+
     def body(self) -> dict[str, object]:
         return {
             "error": {
@@ -79,10 +90,19 @@ def invalid(param: str | None, message: str, code: str = "invalid_value") -> Api
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:
     """Map a failed gRPC call once, by table; internal details stay in the log."""
     code = error.code()
-    if code == grpc.StatusCode.CANCELLED:
-        return ApiError(499, "Request cancelled.", type="cancelled", code="cancelled")
-    mapped = GRPC_TO_HTTP.get(code)
     info = error_info(error)
+    if code == grpc.StatusCode.CANCELLED or (code == grpc.StatusCode.UNAVAILABLE and info is None):
+        # Transport failure rather than a service's own verdict; or a call the
+        # service cancelled, as grpc does to calls that meet its stop (a call
+        # the edge cancels raises CancelledError, not this).
+        log.warning("%s unreachable: %s %s", service, code.name, error.details())
+        return ApiError(
+            503,
+            f"The {service} service is unavailable; try again shortly.",
+            type=GRPC_TO_HTTP[grpc.StatusCode.UNAVAILABLE][1],
+            code="service_unavailable",
+        )
+    mapped = GRPC_TO_HTTP.get(code)
     if mapped is None:
         log.error("internal error from %s: %s %s", service, code.name, error.details())
         return ApiError(
@@ -90,15 +110,6 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:
             "The server had an error processing your request.",
             type=INTERNAL[1],
             code="internal_error",
-        )
-    if code == grpc.StatusCode.UNAVAILABLE and info is None:
-        # Transport failure rather than a service's own verdict.
-        log.warning("%s unreachable: %s", service, error.details())
-        return ApiError(
-            503,
-            f"The {service} service is unavailable; try again shortly.",
-            type=mapped[1],
-            code="service_unavailable",
         )
     status, type_ = by_reason(info.reason, info.metadata, mapped) if info else mapped
     return ApiError(

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING
 import grpc
 from aqueduct.files.v1 import files_pb2 as pb
 
+from core import tracing
 from edge.chat_request import FilePart, PendingContent
 from edge.errors import ApiError, from_rpc_error, invalid
+from edge.path_ids import SAFE_ID, not_found
 
 if TYPE_CHECKING:
     from aqueduct.files.v1.files_pb2_grpc import FilesServiceAsyncStub
@@ -79,7 +81,7 @@ class FilePartResolver:
         """Fill in the content of every message that has file parts."""
         if not pending:
             return
-        metadata = (("x-request-id", request_id),)
+        metadata = tracing.call_metadata(request_id)
         parts = [s for p in pending for s in p.segments if isinstance(s, FilePart)]
         sized = await asyncio.gather(*(self._size(part, team, metadata) for part in parts))
         self._check_limits(sized)
@@ -102,6 +104,8 @@ class FilePartResolver:
     ) -> _Sized:
         if part.file_id is None:
             return _Sized(part, part.filename or "file", _decoded_size(part.base64_data))
+        if not SAFE_ID.fullmatch(part.file_id):  # no such file; and not sent to be echoed back
+            raise not_found("file", part.file_id, f"{part.param}.file.file_id")
         try:
             answer = await self.files.GetFile(
                 pb.GetFileRequest(team=team, file_id=part.file_id),

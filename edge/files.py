@@ -28,6 +28,7 @@ from core.enum_names import FILE_PURPOSES
 from edge.auth import Authenticator
 from edge.errors import ApiError, from_rpc_error, invalid
 from edge.http import json_response, request_id, until_disconnect
+from edge.path_ids import generated_id
 
 if TYPE_CHECKING:
     from aqueduct.files.v1.files_pb2_grpc import FilesServiceAsyncStub
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 EXPIRY_RANGE_S = (3600, 30 * 24 * 3600)  # OpenAI's bounds for expires_after[seconds]
 SEND_CHUNK_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 1024
+# Text fields an upload may carry (OpenAI's are three): more is a field bomb,
+# refused before it is kept. Each part's headers are bounded by python-multipart.
+MAX_FORM_FIELDS = 16
 # After the files service refuses an upload, the rest of the body is read and
 # dropped (up to this much), so the client gets the answer rather than a reset.
 DRAIN_LIMIT_BYTES = 1024 * 1024 * 1024
@@ -140,7 +144,7 @@ class FilesApi:
 
     async def retrieve(self, request: Request) -> Response:
         team, metadata = await self._team(request)
-        file_id = request.path_params["file_id"]
+        file_id = generated_id(request, "file_id", "file", "file_id")
         try:
             answer = await self.files.GetFile(
                 pb.GetFileRequest(team=team, file_id=file_id),
@@ -153,7 +157,7 @@ class FilesApi:
 
     async def delete(self, request: Request) -> Response:
         team, metadata = await self._team(request)
-        file_id = request.path_params["file_id"]
+        file_id = generated_id(request, "file_id", "file", "file_id")
         try:
             answer = await self.files.DeleteFile(
                 pb.DeleteFileRequest(team=team, file_id=file_id),
@@ -169,7 +173,7 @@ class FilesApi:
 
     async def content(self, request: Request) -> Response:
         team, metadata = await self._team(request)
-        file_id = request.path_params["file_id"]
+        file_id = generated_id(request, "file_id", "file", "file_id")
         call: DownloadCall = self.files.DownloadFileContent(
             pb.DownloadFileContentRequest(team=team, file_id=file_id), metadata=metadata
         )
@@ -241,6 +245,7 @@ class MultipartUpload:
         self.file_name: str | None = None
         self.file_type = ""
         self.file_parts = 0
+        self.field_parts = 0
         self.pending = bytearray()
         self.file_done = False
         self.ended = False
@@ -402,7 +407,15 @@ class MultipartUpload:
                 raise invalid("file", "Send exactly one 'file' part.")
             self.file_name = (filename or b"").decode("utf-8", "replace")
             self.file_type = headers.get(b"content-type", b"").decode("latin-1").strip()
-        elif self._name:
+            return
+        self.field_parts += 1
+        if self.field_parts > MAX_FORM_FIELDS:
+            raise invalid(
+                self._name or None,
+                f"The multipart body has more than {MAX_FORM_FIELDS} fields besides 'file'.",
+                "too_many_fields",
+            )
+        if self._name:
             if self.metadata_sent:
                 raise invalid(self._name, f"Send the '{self._name}' field before the 'file' part.")
             self._field = bytearray()

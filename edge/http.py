@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from core.request_id import REQUEST_ID
+from core.request_id import REQUEST_ID, sane_request_id
 from edge.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -24,11 +23,10 @@ REQUEST_ID_KEY = "aqueduct.request_id"
 
 
 def request_id(request: Request) -> str:
-    """The caller's `x-request-id` if sane, else a fresh one; stable per request."""
+    """The caller's `x-request-id` if safe, else a fresh one; stable per request."""
     rid = request.scope.get(REQUEST_ID_KEY)
     if rid is None:
-        given = request.headers.get("x-request-id", "")
-        rid = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        rid = sane_request_id(request.headers.get("x-request-id"))
         request.scope[REQUEST_ID_KEY] = rid
         REQUEST_ID.set(rid)  # for every log line written while serving it
         log.debug("request", extra={"method": request.method, "path": request.url.path})
@@ -63,11 +61,16 @@ async def read_json(request: Request, limit: int) -> object:
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut by the body timeout: nobody to answer
+        raise ApiError(
+            499, "Client closed the request.", type="cancelled", code="client_disconnected"
+        ) from None
     try:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError as error:

@@ -17,6 +17,7 @@ import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2
 
+from core import tracing
 from core.limit_names import LIMIT_NAMES
 from core.status import error_info
 from edge.errors import UNLIMITED_RATE_HEADERS, ApiError, duration, from_rpc_error
@@ -34,11 +35,6 @@ TOKENS_PER_MESSAGE = 4
 def estimate_input_tokens(request: inference_pb2.StreamChatCompletionRequest) -> int:
     chars = sum(len(m.content) + len(m.role) for m in request.messages)
     return chars // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * len(request.messages)
-
-
-CLIENT_GONE = ApiError(
-    499, "Client closed the request.", type="cancelled", code="client_disconnected"
-)
 
 
 def estimate_embedding_tokens(request: inference_pb2.CreateEmbeddingsRequest) -> int:
@@ -84,7 +80,7 @@ class Usage:
         if error is not None:
             self.failed(error)
         elif not self.completed and not self.error_code:
-            self.failed(CLIENT_GONE)
+            self.status, self.error_code = 499, "client_disconnected"
         if not self.completed:
             self.output_tokens = self.streamed_tokens or estimate_tokens(self.streamed_chars)
 
@@ -170,7 +166,7 @@ class Limiter:
                     output_tokens=output_tokens,
                 ),
                 timeout=RESERVE_TIMEOUT_S,
-                metadata=(("x-request-id", request_id),),
+                metadata=tracing.call_metadata(request_id),
             )
         except grpc.aio.AioRpcError as error:
             mapped = from_rpc_error(error, "auth")

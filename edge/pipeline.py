@@ -16,9 +16,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
+from opentelemetry.trace import Span, SpanKind
 from starlette.requests import Request
 from starlette.responses import Response
 
+from core import tracing
 from edge.auth import Authenticator, require_model_access
 from edge.chat_request import PendingContent
 from edge.errors import ApiError, from_rpc_error
@@ -116,19 +118,51 @@ class GenerationHandler(Generic[P]):
 
     async def __call__(self, request: Request) -> Response | EventStream:
         rid = request_id(request)
-        try:
-            parsed, admission, usage = await self._admit(request, rid)
-        except ApiError as error:
-            self.metrics.refused(self.route.name, error.status)
-            raise
+        # The request's span (None when tracing is off) ends when the request does.
+        root = tracing.start(
+            f"POST {self.route.name}",
+            request.headers.get(tracing.TRACEPARENT),
+            SpanKind.SERVER,
+            {"http.route": self.route.name, "aqueduct.request_id": rid},
+        )
+        with tracing.current(root):
+            try:
+                parsed, admission, usage = await self._admit(request, rid)
+            except ApiError as error:
+                self.metrics.refused(self.route.name, error.status)
+                tracing.end(root, error.message, **{"http.response.status_code": error.status})
+                raise
+            except BaseException:
+                tracing.end(root, "interrupted")
+                raise
+            return await self._answer(request, rid, parsed, admission, usage, root)
+
+    async def _answer(
+        self,
+        request: Request,
+        rid: str,
+        parsed: P,
+        admission: Admission,
+        usage: Usage,
+        root: Span | None,
+    ) -> Response | EventStream:
+        """The admitted request: call inference, answer, and finish exactly once."""
         headers = {"x-request-id": rid, **admission.headers}
         message = parsed.request
         meta = Completion(
             self.route.id_prefix + secrets.token_urlsafe(18), int(time.time()), message.model
         )
-        # The id rides in the message: call metadata costs ~100 us a call in grpc.aio.
+        # The id (and trace context) ride in the message: call metadata costs
+        # ~100 us a call in grpc.aio, and a prepared call's was sent before.
         message.request_id = rid
+        message.traceparent = tracing.traceparent(root)
         call = await self.calls.start(message)
+
+        def finish(error: ApiError | None) -> None:
+            self._finish(admission, usage, error, call)
+            if root is not None:
+                end_request_span(root, message.model, usage)
+
         try:
             if parsed.stream:
                 writer = self.route.writer(parsed, meta)
@@ -139,35 +173,40 @@ class GenerationHandler(Generic[P]):
                     writer.start() + first,
                     sse_events(call, writer, usage),
                     headers,
-                    on_close=lambda: self._finish(admission, usage, None, call),
+                    on_close=lambda: finish(None),
                 )
             choices, summary = await until_disconnect(request.receive, collect(call, meta, usage))
             body = self.route.body(parsed, meta, choices, summary)
         except ApiError as error:
-            self._finish(admission, usage, error, call)
+            finish(error)
             error.headers.update(headers)
             raise
         except BaseException:  # cancelled, or a bug: the call and the quota still end
-            self._finish(admission, usage, interrupted(), call)
+            finish(interrupted())
             raise
-        self._finish(admission, usage, None, call)
+        finish(None)
         return json_response(body, headers=headers)
 
     async def _admit(self, request: Request, rid: str) -> tuple[P, Admission, Usage]:
         """Everything before the call: who asks, for what, within which limits."""
-        principal = await self.authenticator.authenticate(request.headers, rid)
+        with tracing.span("aqueduct.authenticate"):
+            principal = await self.authenticator.authenticate(request.headers, rid)
         parsed = self.route.parse(await read_json(request, self.max_body_bytes))
         message = parsed.request
         require_model_access(principal, message.model, message.fallback_models)
         if parsed.pending and self.file_parts is not None:
-            await self.file_parts.resolve(parsed.pending, message.model, team_of(principal), rid)
+            with tracing.span("aqueduct.resolve_files", parts=len(parsed.pending)):
+                await self.file_parts.resolve(
+                    parsed.pending, message.model, team_of(principal), rid
+                )
         estimate = self.route.estimate(parsed)
         usage = Usage(
             rid, message.model, parsed.stream, message.user, input_tokens=estimate.input_tokens
         )
-        admission = await self.limiter.reserve(
-            principal, usage.input_tokens, estimate.max_output_tokens, rid
-        )
+        with tracing.span("aqueduct.reserve"):
+            admission = await self.limiter.reserve(
+                principal, usage.input_tokens, estimate.max_output_tokens, rid
+            )
         return parsed, admission, usage
 
     def _finish(
@@ -180,6 +219,21 @@ class GenerationHandler(Generic[P]):
         self.metrics.finished(
             self.route.name, self.route.operation, usage, admission.principal.team
         )
+
+
+def end_request_span(span: Span, requested: str, usage: Usage) -> None:
+    """The request's span ends with what the ledger row says (GenAI conventions)."""
+    tracing.end(
+        span,
+        usage.error_code if usage.status >= 400 else None,
+        **{
+            "http.response.status_code": usage.status,
+            "gen_ai.request.model": requested,
+            "gen_ai.response.model": usage.model,
+            "gen_ai.usage.input_tokens": usage.input_tokens,
+            "gen_ai.usage.output_tokens": usage.output_tokens,
+        },
+    )
 
 
 async def read_message(call: Call, usage: Usage) -> Message:

@@ -14,7 +14,8 @@ plain calls: a prepared call costs a little more CPU in all (a separate write
 on each side), and a saturated edge has no idle time to hide it in. A prepared
 call older than MAX_AGE_S is closed rather than used (the service ends idle
 calls after its own, longer limit), and one that the service closed before
-reading the request (that limit, its shutdown) is replaced by a plain call.
+reading the request (that limit, its shutdown, or opened while it drained) is
+replaced by a plain call.
 
 The prepared methods have their own message types (the contract gives every
 method its own), built so that the edge sends and reads the plain method's
@@ -38,7 +39,9 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 MAX_SPARES = 8
 MAX_AGE_S = 60.0
-CLOSED_UNREAD = "IDLE_CALL_CLOSED"  # the service's reason: the request was not read
+# The service's reasons for ending a call before reading the request: idle too
+# long or at its shutdown (IDLE_CALL_CLOSED), or opened while it drains.
+CLOSED_UNREAD = frozenset({"IDLE_CALL_CLOSED", "SHUTTING_DOWN"})
 SERVICE = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 FIELD_1_TAG = b"\n"  # field 1, length-delimited
 
@@ -192,4 +195,4 @@ def _closed_unread(error: grpc.aio.AioRpcError) -> bool:
     if error.code() != grpc.StatusCode.UNAVAILABLE:
         return False
     info = error_info(error)
-    return info is not None and info.reason == CLOSED_UNREAD
+    return info is not None and info.reason in CLOSED_UNREAD

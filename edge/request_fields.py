@@ -232,14 +232,19 @@ def optional_bool(body: dict[str, Any], name: str, param: str | None = None) -> 
     return value
 
 
-def optional_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
+def optional_int(
+    body: dict[str, Any], name: str, minimum: int, maximum: int = 2**63 - 1
+) -> int | None:
+    """An integer field; the default `maximum` is the largest int64 (protobuf's)."""
     value = body.get(name)
     if value is None:
         return None
     if not is_int(value):
         raise invalid(name, f"'{name}' must be an integer.", "invalid_type")
-    if value < minimum or value >= 2**63:
+    if value < minimum:
         raise invalid(name, f"'{name}' must be at least {minimum}; got {value}.")
+    if value > maximum:
+        raise invalid(name, f"'{name}' must be at most {maximum}; got {value}.")
     return int(value)
 
 

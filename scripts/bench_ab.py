@@ -1,6 +1,6 @@
 """Two Aqueduct trees side by side: gateway CPU per request and requests/s, old vs new.
 
-    python -m scripts.bench_ab OLD_TREE NEW_TREE [--rounds 3] [--duration 8]
+    python -m scripts.bench_ab OLD_TREE NEW_TREE [--rounds 3] [--duration 8] [--traced]
 
 Each tree is a checkout with its own `.venv` (`make setup` in it). Both gateways
 (all four processes each) are pinned to CPU 1, the mock upstream and wrk to CPU 0,
@@ -8,8 +8,9 @@ and each (mode, connections) cell runs old and new back to back, order swapped
 every round, so that a machine whose speed drifts treats both alike. CPU per
 request is the gateway processes' user+system time over the requests wrk counted.
 Requests use a key with limits high enough never to bite (every request reserves
-and settles, as real keys do). Bounded: every wrk run has a duration, every wait
-a timeout.
+and settles, as real keys do). `--traced` adds a third gateway, the new tree with
+tracing on, exporting every span to a local OTLP receiver (scripts/otlp_sink.py).
+Bounded: every wrk run has a duration, every wait a timeout.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "bench"
 MOCK_PORT = 18001
+SINK_PORT = 18317
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -38,6 +40,7 @@ class Gateway:
     name: str
     tree: Path
     port: int
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     key: str = ""
     results: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
@@ -62,6 +65,7 @@ class Gateway:
             "AQUEDUCT_BOOTSTRAP_KEY": admin,
             "AQUEDUCT_HTTP_PORT": str(self.port),
             "AQUEDUCT_LOG_LEVEL": "WARNING",
+            **self.env,
             **{
                 f"AQUEDUCT_{s}_ADDR": f"127.0.0.1:{51051 + offset * 10 + i}"
                 for i, s in enumerate(("AUTH", "FILES", "INFERENCE"))
@@ -157,13 +161,15 @@ def wrk(gateway: Gateway, conns: int, duration: float, stream: bool) -> tuple[fl
         "BENCH_STREAM": "1" if stream else "0",
     }
     command = [
-        "taskset", "-c", "0", "wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{duration}s",
+        "taskset", "-c", "0", "wrk", f"-t{min(conns, 2)}", f"-c{conns}", f"-d{round(duration)}s",
         "-s", str(BENCH / "chat.lua"), f"{gateway.base}/v1/chat/completions",
     ]  # fmt: skip
     before = gateway.cpu_s()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 60)
     cpu = gateway.cpu_s() - before
-    line = next(x for x in done.stdout.splitlines() if x.startswith("WRKJSON "))
+    line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise SystemExit(f"{gateway.name}: wrk gave no result:\n{done.stdout}\n{done.stderr}")
     result = json.loads(line[len("WRKJSON ") :])
     errors = sum(result[k] for k in ("connect_err", "read_err", "status_err", "timeout_err"))
     if errors:
@@ -179,12 +185,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--conns", default="1,16")
+    parser.add_argument("--traced", action="store_true")
     args = parser.parse_args()
     gateways = [
         Gateway("old", args.old.resolve(), 18101),
         Gateway("new", args.new.resolve(), 18102),
     ]
     python = args.new.resolve() / ".venv/bin/python"
+    helpers = []
+    if args.traced:
+        endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{SINK_PORT}"}
+        gateways.append(Gateway("traced", args.new.resolve(), 18103, endpoint))
+        sink = ["-m", "scripts.otlp_sink", "--port", str(SINK_PORT)]
+        helpers.append(
+            subprocess.Popen(
+                ["taskset", "-c", "0", str(python), *sink],
+                cwd=args.new.resolve(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     mock = subprocess.Popen(
         [
             "taskset",
@@ -217,10 +237,12 @@ def main() -> None:
     finally:
         for gateway in gateways:
             gateway.stop()
-        mock.terminate()
+        for process in [mock, *helpers]:
+            process.terminate()
     columns = " | ".join(f"{g.name} req/s | {g.name} CPU ms/req" for g in gateways)
-    print(f"| cell | {columns} | CPU new/old |")
-    print("|---|" + "---:|" * (2 * len(gateways) + 1))
+    ratios = " | ".join(f"CPU {g.name}/old" for g in gateways[1:])
+    print(f"| cell | {columns} | {ratios} |")
+    print("|---|" + "---:|" * (3 * len(gateways) - 1))
     for cell in gateways[0].results:
         row = []
         cpus = []
@@ -229,7 +251,8 @@ def main() -> None:
             cpu = statistics.median(c for _, c in gateway.results[cell])
             cpus.append(cpu)
             row += [f"{rps:.0f}", f"{cpu:.2f}"]
-        print(f"| {cell} | {' | '.join(row)} | {cpus[1] / cpus[0]:.3f} |")
+        row += [f"{cpu / cpus[0]:.3f}" for cpu in cpus[1:]]
+        print(f"| {cell} | {' | '.join(row)} |")
     sys.stdout.flush()
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import DEFAULT_ADDRESSES
+from core.config import DEFAULT_ADDRESSES, DEFAULT_METRICS_ADDRESSES
 
 SERVICES = ("auth", "files", "inference", "edge")
 STOP_GRACE_S = 10.0
@@ -63,8 +63,11 @@ def _ephemeral_address() -> str:
 
 def child_environment() -> dict[str, str]:
     env = dict(os.environ)
-    for service, default in DEFAULT_ADDRESSES.items():
-        name = f"AQUEDUCT_{service.upper()}_ADDR"
+    defaults = {
+        **{f"AQUEDUCT_{s.upper()}_ADDR": a for s, a in DEFAULT_ADDRESSES.items()},
+        **{f"AQUEDUCT_{s.upper()}_METRICS_ADDR": a for s, a in DEFAULT_METRICS_ADDRESSES.items()},
+    }
+    for name, default in defaults.items():
         if not env.get(name):
             env[name] = default if _free(default) else _ephemeral_address()
     env.setdefault("AQUEDUCT_DATA_DIR", "./var")
@@ -151,7 +154,8 @@ def announce(env: dict[str, str], base: str, children: dict[str, subprocess.Pope
         secret = key_file.read_text().strip() if key_file.is_file() else ""
     model = first_model(base, secret)
     lines = [f"  edge       http  {base}/v1  (pid {children['edge'].pid})"] + [
-        f"  {s:<10} grpc  {env[f'AQUEDUCT_{s.upper()}_ADDR']}  (pid {children[s].pid})"
+        f"  {s:<10} grpc  {env[f'AQUEDUCT_{s.upper()}_ADDR']}  (pid {children[s].pid}),"
+        f"  metrics http://{env[f'AQUEDUCT_{s.upper()}_METRICS_ADDR']}/metrics"
         for s in ("auth", "files", "inference")
     ]
     listing = "\n".join(lines)

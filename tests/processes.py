@@ -89,3 +89,46 @@ def serving(address: str) -> bool:
         except grpc.RpcError:
             return False
     return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory (or another /proc/<pid>/status size) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+@contextlib.contextmanager
+def edge_process(tmp_path: Path, bootstrap_key: str, **env: str) -> Iterator[tuple[str, int]]:
+    """The edge as its own OS process (`python -m edge`), with auth and files as
+    processes too (inference is left out: nothing listens at its address).
+    Yields the edge's base URL and pid, for tests that watch its memory or sockets."""
+    port = free_port()
+    common = {
+        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
+        "AQUEDUCT_BOOTSTRAP_KEY": bootstrap_key,
+        "AQUEDUCT_HTTP_PORT": str(port),
+        **{f"AQUEDUCT_{s}_ADDR": f"127.0.0.1:{free_port()}" for s in ("AUTH", "FILES")},
+        "AQUEDUCT_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
+        **env,
+    }
+    (tmp_path / "data").mkdir(exist_ok=True)
+    processes = []
+    try:
+        for name in ("auth", "files"):
+            processes.append(spawn(["-m", f"services.{name}"], common, tmp_path / f"{name}.log"))
+            address = common[f"AQUEDUCT_{name.upper()}_ADDR"]
+            wait_for(lambda address=address: serving(address), 60, f"{name} SERVING")
+        edge = spawn(["-m", "edge"], common, tmp_path / "edge.log")
+        processes.append(edge)
+
+        def listening() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listening, 30, "the edge to listen")
+        yield f"http://127.0.0.1:{port}", edge.pid
+    finally:
+        for process in reversed(processes):
+            stop(process)

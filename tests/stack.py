@@ -20,6 +20,7 @@ import uvloop
 
 from edge.app import Gateway, create_app
 from edge.config import Settings as EdgeSettings
+from edge.http_server import uvicorn_config
 from services.auth.config import Settings as AuthSettings
 from services.auth.server import AuthServer
 from services.files.config import Settings as FilesSettings
@@ -68,6 +69,7 @@ class Stack:
     edge: uvicorn.Server | None = None
     edge_task: asyncio.Task[None] | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # each service's /metrics
 
     @property
     def base_url(self) -> str:
@@ -120,14 +122,22 @@ class Stack:
                 **self.inference_overrides,
             )
         )
-        self.ports["auth"] = await self.auth.start()
+        metrics = ("127.0.0.1", 0)
+        self.ports["auth"] = await self.auth.start(metrics)
         self.auth_ports = [self.ports["auth"]] + [await a.start() for a in self.auth_extra]
         if self.files is not None:
-            self.ports["files"] = await self.files.start()
+            self.ports["files"] = await self.files.start(metrics)
         else:
             assert self.files_address is not None
             self.ports["files"] = int(self.files_address.rpartition(":")[2])
-        self.ports["inference"] = await self.inference.start()
+        self.ports["inference"] = await self.inference.start(metrics)
+        for name, server in (
+            ("auth", self.auth),
+            ("files", self.files),
+            ("inference", self.inference),
+        ):
+            if server is not None:
+                self.metrics_ports[name] = server.host.metrics.port
         await self.start_edge()
 
     async def start_edge(self, **overrides: Any) -> None:
@@ -145,9 +155,7 @@ class Stack:
                 **overrides,
             }
         )
-        config = uvicorn.Config(
-            create_app(settings), http="httptools", log_config=None, access_log=False, lifespan="on"
-        )
+        config = uvicorn_config(create_app(settings), settings.http, lifespan="on")
         self.edge = uvicorn.Server(config)
         self.edge_task = asyncio.ensure_future(self.edge.serve(sockets=[listener]))
         while not self.edge.started:

@@ -50,7 +50,7 @@ class EventHub:
             self._listener = asyncio.create_task(self._listen(self._redis, pubsub))
 
     async def close(self) -> None:
-        self._end_streams()
+        self.end_streams()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -109,10 +109,10 @@ class EventHub:
                     log.warning(
                         "key event subscription lost; resubscribing", extra={"error": str(error)}
                     )
-                    self._end_streams()
+                    self.end_streams()
                     await close_subscription(pubsub)
                     pubsub = await self._resubscribe(redis)
-                    self._end_streams()
+                    self.end_streams()
                     log.info("key event subscription restored")
         finally:
             await close_subscription(pubsub)
@@ -127,7 +127,8 @@ class EventHub:
                 log.debug("key event resubscribe failed", extra={"error": str(error)})
                 delay = min(RESUBSCRIBE_MAX_DELAY_S, delay * 2)
 
-    def _end_streams(self) -> None:
+    def end_streams(self) -> None:
+        """End every watcher's stream (the watcher resyncs on its next one)."""
         for queue in list(self._watchers):
             queue.put_nowait(None)
         self._watchers.clear()

@@ -26,6 +26,8 @@ from services.common.grpc_server import GrpcService, ServiceHost
 SERVICE_NAMES = [
     auth_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("AuthService", "AdminService")
 ]
+# Settles complete requests admitted before a drain: taken until it ends.
+FINISHING = [f"/{SERVICE_NAMES[0]}/SettleQuotas"]
 # Health names (not RPC services) for auth's stores: NOT_SERVING while one is
 # down. The service itself stays SERVING then: keys without limits, and every
 # key while only Redis is down, are still served (edge /readyz shows these).
@@ -51,7 +53,8 @@ class AuthServer(GrpcService):
         self.ledger = UsageLedger(self.store, settings.usage_retention_days)
         self.limits = redis_dependency()
         authority = KeyAuthority(self.store)
-        self.host = ServiceHost(settings.address, SERVICE_NAMES)
+        self.host = ServiceHost(settings.address, SERVICE_NAMES, FINISHING)
+        self.host.on_shutdown.append(self.events.end_streams)  # the edges' watches
         quotas = Quotas(self.counters, self.ledger, settings.reservation_lease_s, self.limits)
         self._prober: asyncio.Task[None] | None = None
         auth_pb2_grpc.add_AuthServiceServicer_to_server(

@@ -2,8 +2,8 @@
 graceful stop.
 
 Health reports NOT_SERVING until the service says it is ready (model loaded,
-database reachable), and goes NOT_SERVING again at the start of shutdown so load
-balancers drain it before in-flight calls are given their grace period.
+database reachable), and goes NOT_SERVING again as its drain begins
+(ServiceHost.stop), so that balancers and edges send new work elsewhere.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from core.config import ConfigError, env_float
+from services.common.drain import Drain, DrainInterceptor
 from services.common.interceptors import interceptors
+from services.common.metrics import ServiceMetrics, metrics_address
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +36,32 @@ SERVER_OPTIONS = [
 
 
 class ServiceHost:
-    """One grpc.aio server with the standard health and reflection services."""
+    """One grpc.aio server with the standard health and reflection services.
 
-    def __init__(self, address: str, service_names: Sequence[str]) -> None:
+    `finishing` names the methods that complete work already admitted (auth's
+    SettleQuotas): they are still taken while the service drains.
+    """
+
+    def __init__(
+        self, address: str, service_names: Sequence[str], finishing: Sequence[str] = ()
+    ) -> None:
         self.address = address
         self.service_names = list(service_names)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors())
+        self.metrics = ServiceMetrics()
+        self.drain = Drain(self.service_names, finishing)
+        # The drain's interceptor innermost: its refusals are mapped and counted.
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            interceptors=[*interceptors(self.metrics), DrainInterceptor(self.drain)],
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
-        # Run as shutdown begins, before the grace period (end idle work).
+        # Run as the drain begins: end long-lived calls that are not work
+        # (key-event watches, idle prepared calls), which would hold the grace.
         self.on_shutdown: list[Callable[[], None]] = []
 
     async def start(self) -> int:
@@ -64,11 +79,33 @@ class ServiceHost:
     async def mark_serving(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
+    async def serve_metrics(self, address: tuple[str, int] | None) -> None:
+        if address is not None:
+            await self.metrics.serve(*address)
+
     async def stop(self, grace: float) -> None:
+        """Drain, then stop; `grace` bounds the whole of it. In this order:
+
+        1. New work is refused (UNAVAILABLE, reason SHUTTING_DOWN: the caller may
+           send it again, elsewhere or later) and health says NOT_SERVING, so
+           balancers and edges stop sending it.
+        2. Long-lived calls that are not work end (the on_shutdown hooks), so
+           that what follows waits only for real work.
+        3. Calls still running finish, while finishing calls (settles for the
+           work admitted before) are still taken: until nothing runs and no
+           finishing call came for a moment (services/common/drain.py).
+        4. The server stops: from here it refuses every call, and cancels what
+           still runs when the grace is over.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.drain.begin()
         await self.health.enter_graceful_shutdown()
         for hook in self.on_shutdown:
             hook()
-        await self.server.stop(grace)
+        await self.drain.wait(deadline)
+        await self.server.stop(max(0.0, deadline - loop.time()))
+        await self.metrics.close()
 
     async def _set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
@@ -84,8 +121,9 @@ async def run_until_signalled(
 ) -> None:
     """Start, get ready, serve until SIGTERM/SIGINT, then drain and close.
 
-    In-flight calls get `grace` seconds to finish; after that they are cancelled,
-    which cancels generations and upstream requests beneath them.
+    The drain (ServiceHost.stop) takes at most `grace` seconds; calls still
+    running then are cancelled, which cancels generations and upstream
+    requests beneath them.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,6 +132,7 @@ async def run_until_signalled(
     port = await host.start()
     log.info("listening", extra={"address": host.address, "port": port})
     try:
+        await host.serve_metrics(metrics_address(name))
         await ready()
         await host.mark_serving()
         log.info("serving", extra={"service": name})
@@ -118,9 +157,10 @@ class GrpcService:
     async def close(self) -> None:
         return None
 
-    async def start(self) -> int:
+    async def start(self, metrics_at: tuple[str, int] | None = None) -> int:
         """Start and get ready without waiting for signals (tests, embedding)."""
         port = await self.host.start()
+        await self.host.serve_metrics(metrics_at)
         await self.ready()
         await self.host.mark_serving()
         return port

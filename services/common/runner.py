@@ -8,12 +8,13 @@ from typing import Any
 
 import uvloop
 
-from core import logs
+from core import logs, tracing
 from core.config import ConfigError, env
 
 
 def main(service: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
     logs.setup(service, env("AQUEDUCT_LOG_LEVEL", "INFO"))
+    tracing.configure(service)
 
     async def entry() -> None:
         await run()  # build inside the loop: grpc.aio objects bind to it

@@ -12,6 +12,7 @@ from services.common.grpc_server import GrpcService, ServiceHost
 from services.files.config import Settings
 from services.files.extractor import Extractor
 from services.files.library import FileLibrary, Limits
+from services.files.metrics import StoredBytes
 from services.files.servicer import FilesServicer
 from services.files.storage import LocalBlobStore
 from services.files.store import FileStore
@@ -43,6 +44,9 @@ class FilesServer(GrpcService):
         files_pb2_grpc.add_FilesServiceServicer_to_server(
             FilesServicer(self.library), self.host.server
         )
+        stored = StoredBytes(self.store)
+        self.host.metrics.add(stored)
+        self.host.metrics.before_scrape.append(stored.refresh)
         self._purger: asyncio.Task[None] | None = None
 
     async def ready(self) -> None:

@@ -90,6 +90,17 @@ class FileStore:
         with self._sessions() as session:
             return _usage(session, team, now)
 
+    def usage_by_team(self, now: int) -> list[tuple[str, int]]:
+        """Live bytes per team, largest first."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(StoredFile.team, func.sum(StoredFile.bytes))
+                .where((StoredFile.expires_at.is_(None)) | (StoredFile.expires_at > now))
+                .group_by(StoredFile.team)
+                .order_by(func.sum(StoredFile.bytes).desc())
+            )
+            return [(team, int(total or 0)) for team, total in rows]
+
     def insert_if_fits(self, record: FileRecord, quota_bytes: int) -> tuple[bool, int]:
         """Insert unless the team's live files plus this one exceed `quota_bytes`
         (0: no quota). Answers whether it was inserted and the usage before."""

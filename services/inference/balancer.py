@@ -24,6 +24,10 @@ class Replica(Generic[T]):
     failures: int = 0  # consecutive
     ejected_until: float = 0.0
     probing: bool = False  # a probe is in flight after the cool-down
+    # Totals for metrics (read when scraped).
+    attempts: int = 0
+    failed_total: int = 0
+    ejections: int = 0
 
 
 class Balancer(Generic[T]):
@@ -67,6 +71,7 @@ class Balancer(Generic[T]):
         else:
             return None
         chosen.outstanding += 1
+        chosen.attempts += 1
         return chosen
 
     def release(self, replica: Replica[T]) -> None:
@@ -79,9 +84,19 @@ class Balancer(Generic[T]):
 
     def failed(self, replica: Replica[T]) -> None:
         replica.failures += 1
+        replica.failed_total += 1
         if replica.probing or replica.failures >= self.eject_after:
+            if not replica.ejected_until or replica.probing:
+                replica.ejections += 1
             replica.ejected_until = self.clock() + self.cooldown_s
         replica.probing = False
+
+    def state(self, replica: Replica[T]) -> str:
+        """The replica's circuit: closed (serving), open (ejected) or half_open
+        (cool-down over: the next request probes it)."""
+        if not replica.ejected_until:
+            return "closed"
+        return "half_open" if replica.ejected_until <= self.clock() else "open"
 
     def abandoned(self, replica: Replica[T]) -> None:
         """The attempt ended without a verdict (the caller went away)."""

@@ -68,6 +68,7 @@ class OpenAIBackend:
             eject_after=options.eject_after,
             cooldown_s=options.cooldown_s,
         )
+        self.retries = 0  # attempts after a first one failed (for metrics)
 
     async def start(self) -> None:
         return None
@@ -193,6 +194,7 @@ class OpenAIBackend:
         tried: list[Replica[Upstream]] = []
         failure: ServiceError | None = None
         while (replica := self.balancer.acquire(tried)) is not None:
+            self.retries += bool(tried)
             tried.append(replica)
             upstream = replica.target
             try:

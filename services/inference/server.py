@@ -11,6 +11,7 @@ from aqueduct.inference.v1 import inference_pb2, inference_pb2_grpc
 from services.common.grpc_server import GrpcService, ServiceHost
 from services.inference.catalog import Catalog
 from services.inference.config import Settings
+from services.inference.metrics import InferenceCollector
 from services.inference.registry import ModelRegistry
 from services.inference.servicer import InferenceServicer
 
@@ -33,6 +34,7 @@ class InferenceServer(GrpcService):
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self.host.server)
         self.host.on_shutdown.append(servicer.close_idle_calls)
         self.servicer = servicer
+        self.host.metrics.add(InferenceCollector(lambda: self.catalog.current))
         self._reloads: set[asyncio.Task[bool]] = set()
 
     @property

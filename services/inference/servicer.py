@@ -11,6 +11,7 @@ import grpc
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 
+from core import tracing
 from core.errors import Kind, ServiceError
 from core.request_id import REQUEST_ID
 from services.inference import convert
@@ -66,6 +67,9 @@ async def write_stream(
                     response(summary=convert.summary_message(event, served, provider))
                 )
                 return
+
+
+SERVICE = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -158,7 +162,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> None:
         prepared = await self._first_request(context)
         if prepared is not None:
-            await self._chat(prepared.request, pb.PreparedChatCompletionResponse, context)
+            with tracing.remote(f"{SERVICE}/PreparedChatCompletion", prepared.request.traceparent):
+                await self._chat(prepared.request, pb.PreparedChatCompletionResponse, context)
 
     async def PreparedCompletion(  # type: ignore[override]  # writes, does not yield
         self,
@@ -167,7 +172,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     ) -> None:
         prepared = await self._first_request(context)
         if prepared is not None:
-            await self._completion(prepared.request, pb.PreparedCompletionResponse, context)
+            with tracing.remote(f"{SERVICE}/PreparedCompletion", prepared.request.traceparent):
+                await self._completion(prepared.request, pb.PreparedCompletionResponse, context)
 
     async def _chat(
         self,

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from opentelemetry.trace import SpanKind
+
+from core import tracing
 from services.inference.http1 import ConnectTimeout, MalformedResponse, Pool, PoolBusy, Response
 from services.inference.models_file import UpstreamSpec
 
@@ -34,6 +38,13 @@ RETRY_ERRORS: tuple[type[BaseException], ...] = (ConnectionError,)
 UNREADABLE: tuple[type[BaseException], ...] = (TimeoutError, *TRANSPORT_ERRORS)
 
 
+def public_url(url: str) -> str:
+    """`url` without credentials, query or fragment: scheme, host, port, path."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
 @dataclass(frozen=True)
 class PoolOptions:
     max_connections: int = 100
@@ -44,6 +55,7 @@ class PoolOptions:
 class Upstream:
     def __init__(self, spec: UpstreamSpec, model_name: str, options: PoolOptions) -> None:
         self.url = spec.url
+        self.label = public_url(spec.url)  # for metrics and traces
         self.model = spec.model or model_name  # the name the upstream expects
         self._pool = Pool(
             spec.url, options.max_connections, options.connect_timeout_s, options.wait_s
@@ -75,6 +87,24 @@ class Upstream:
         `deadline` (loop time) bounds reading the body: after it, `take()`
         raises TimeoutError.
         """
+        if tracing.STATE.enabled:
+            return await self._traced_post(path, body, headers, deadline)
+        return await self._post(path, body, headers, deadline)
+
+    async def _traced_post(
+        self, path: str, body: bytes, headers: Mapping[str, str], deadline: float
+    ) -> Response:
+        """One attempt as a client span, its context sent along in `traceparent`."""
+        attributes = {"http.request.method": "POST", "url.full": f"{self.label}/{path}"}
+        with tracing.span("POST", SpanKind.CLIENT, **attributes) as attempt:
+            sent = {**headers, tracing.TRACEPARENT: tracing.traceparent()}
+            response = await self._post(path, body, sent, deadline)
+            attempt.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    async def _post(
+        self, path: str, body: bytes, headers: Mapping[str, str], deadline: float
+    ) -> Response:
         extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         head = (
             f"POST {self._path}/{path} HTTP/1.1\r\n{self._fixed_headers}{extra}"

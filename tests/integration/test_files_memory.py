@@ -9,19 +9,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.processes import free_port, serving, spawn, stop, wait_for
+from tests.processes import free_port, rss_kib, serving, spawn, stop, wait_for
 from tests.stack import ADMIN_KEY, Stack
 
 MB = 1024 * 1024
 UPLOAD_BYTES = 500 * MB
 BOUNDARY = "aqueduct-memory-test"
-
-
-def memory_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for pid {pid}")
 
 
 def reset_peak(pid: int) -> None:
@@ -68,15 +61,15 @@ def test_a_500_mb_upload_keeps_memory_flat(tmp_path: Path) -> None:
         stack = Stack(data_dir=tmp_path, files_address=address).start()
         try:
             assert upload(stack.base_url, 4 * MB).status_code == 200  # warm every code path
-            files_before = memory_kb(process.pid, "VmRSS")
+            files_before = rss_kib(process.pid, "VmRSS")
             reset_peak(process.pid)
-            edge_before = memory_kb(os.getpid(), "VmRSS")
+            edge_before = rss_kib(os.getpid(), "VmRSS")
             reset_peak(os.getpid())
 
             answer = upload(stack.base_url, UPLOAD_BYTES)
 
-            files_growth_mb = (memory_kb(process.pid, "VmHWM") - files_before) / 1024
-            edge_growth_mb = (memory_kb(os.getpid(), "VmHWM") - edge_before) / 1024
+            files_growth_mb = (rss_kib(process.pid, "VmHWM") - files_before) / 1024
+            edge_growth_mb = (rss_kib(os.getpid(), "VmHWM") - edge_before) / 1024
             print(f"growth: files {files_growth_mb:.1f} MB, edge {edge_growth_mb:.1f} MB")
             assert answer.status_code == 200, answer.text
             file = answer.json()

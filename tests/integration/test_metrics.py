@@ -34,9 +34,12 @@ def upstream() -> Iterator[FakeUpstream]:
 def edge(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = Path(tmp_path_factory.mktemp("metrics"))
     config = root / "models.yaml"
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # refuses connections
     config.write_text(
         "models:\n  - name: fake\n    backend: openai\n"
         f'    upstreams: [{{url: "{upstream.url}"}}]\n'
+        "  - name: pair\n    backend: openai\n"
+        f'    upstreams: [{{url: "{dead}"}}, {{url: "{upstream.url}"}}]\n'
     )
     running = Stack(data_dir=root, models_config=config).start()
     yield running
@@ -44,7 +47,9 @@ def edge(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def samples(base_url: str) -> Samples:
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    answer = httpx.get(f"{base_url}/metrics", timeout=10)
+    assert answer.status_code == 200
+    text = answer.text
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -170,3 +175,68 @@ def test_metrics_move_to_their_own_port_when_asked(edge: Stack) -> None:
             await other.edge_task
 
         other.loop.run(stop())
+
+
+def service_samples(stack: Stack, service: str) -> Samples:
+    return samples(f"http://127.0.0.1:{stack.metrics_ports[service]}")
+
+
+def test_services_count_calls_upstreams_and_stored_bytes(
+    edge: Stack, upstream: FakeUpstream
+) -> None:
+    http = httpx.Client(base_url=edge.base_url, headers=ADMIN, timeout=30)
+    # One upstream of `pair` refuses connections: each request it takes first is
+    # retried on the other, until three failures eject it.
+    for _ in range(8):
+        answer = http.post("/v1/chat/completions", json={"model": "pair", "messages": HI})
+        assert answer.status_code == 200
+    found = service_samples(edge, "inference")
+    attempts = {
+        dict(labels)["upstream"]: count
+        for (name, labels), count in found.items()
+        if name == "aqueduct_upstream_attempts_total" and dict(labels)["model"] == "pair"
+    }
+    live = next(u for u in attempts if str(upstream.port) in u)
+    dead = next(u for u in attempts if u != live)
+    assert attempts[live] == 8
+    pair = {"model": "pair"}
+    assert value(found, "aqueduct_upstream_failures_total", **pair, upstream=dead) == 3
+    assert value(found, "aqueduct_upstream_failures_total", **pair, upstream=live) == 0
+    assert value(found, "aqueduct_upstream_ejections_total", **pair, upstream=dead) == 1
+    assert value(found, "aqueduct_upstream_retries_total", **pair) == 3
+    circuit = "aqueduct_upstream_circuit_state"
+    assert value(found, circuit, **pair, upstream=dead, state="open") == 1
+    assert value(found, circuit, **pair, upstream=live, state="closed") == 1
+
+    # Calls by method and final code: an unknown file is NOT_FOUND at the files service.
+    def not_found() -> float:
+        return value(
+            service_samples(edge, "files"),
+            "grpc_server_handled_total",
+            grpc_service="aqueduct.files.v1.FilesService",
+            grpc_method="GetFile",
+            grpc_code="NOT_FOUND",
+        )
+
+    before = not_found()
+    assert http.get("/v1/files/file-0123456789abcdef01234567").status_code == 404
+    assert not_found() == before + 1
+
+    uploaded = http.post(
+        "/v1/files", data={"purpose": "user_data"}, files={"file": ("a.txt", b"x" * 1234)}
+    )
+    assert uploaded.status_code == 200
+
+    def stored() -> float:  # read from the database at most every few seconds
+        return value(service_samples(edge, "files"), "aqueduct_files_stored_bytes", team="admin")
+
+    deadline = time.monotonic() + 15
+    while stored() < 1234 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stored() >= 1234
+    handled = service_samples(edge, "auth")
+    assert any(
+        name == "grpc_server_handled_total"
+        and dict(labels)["grpc_service"].startswith("aqueduct.auth")
+        for name, labels in handled
+    )

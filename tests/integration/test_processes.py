@@ -170,6 +170,10 @@ def test_make_run_supervisor_serves_and_stops_cleanly(tmp_path: Path) -> None:
             model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
         )
         assert reply.choices[0].message.content
+        for service in ("auth", "files", "inference"):  # each serves its own metrics
+            banner = next(x for x in log.read_text().splitlines() if f"  {service} " in x)
+            scraped = httpx.get(banner.rsplit("metrics ", 1)[1].strip(), timeout=10)
+            assert scraped.status_code == 200 and "grpc_server_handled_total" in scraped.text
     finally:
         assert stop(process, 30) == 0, log.read_text()[-3000:]
     assert "stopped unexpectedly" not in log.read_text()

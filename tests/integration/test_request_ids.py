@@ -1,8 +1,9 @@
-"""One request followed by its id through the logs of all four processes."""
+"""One request followed by its id: the answer, the logs of all four processes, its ledger row."""
 
 from __future__ import annotations
 
 import base64
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def test_a_request_id_is_on_log_lines_of_the_edge_and_every_service(tmp_path: Pa
             timeout=60,
         )
         note = base64.b64encode(b"The launch code is 1234.").decode()
-        client.chat.completions.create(
+        answer = client.chat.completions.with_raw_response.create(
             model=MODEL,
             max_tokens=2,
             messages=[
@@ -77,6 +78,7 @@ def test_a_request_id_is_on_log_lines_of_the_edge_and_every_service(tmp_path: Pa
             ],
             extra_headers={"x-request-id": "req-followed"},
         )
+        assert answer.headers["x-request-id"] == "req-followed"
     finally:
         assert stop(process, 30) == 0, log.read_text()[-3000:]
     lines = log_lines(log)
@@ -84,3 +86,9 @@ def test_a_request_id_is_on_log_lines_of_the_edge_and_every_service(tmp_path: Pa
     assert services == {"edge", "auth", "files", "inference"}
     # Lines written outside any request (start-up, health checks) carry none.
     assert any(line["msg"] == "serving" and "request_id" not in line for line in lines)
+    # And the ledger row carries it (auth flushed its rows before it stopped).
+    with sqlite3.connect(tmp_path / "data" / "aqueduct.db") as db:
+        rows = db.execute(
+            "SELECT model FROM usage_records WHERE request_id = 'req-followed'"
+        ).fetchall()
+    assert rows == [(MODEL,)]

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -158,7 +161,8 @@ def imported_files(entry: str) -> set[Path]:
 
 def env_names_read(files: set[Path]) -> set[str]:
     """`AQUEDUCT_*` names that appear as whole string literals in the code, plus the
-    `AQUEDUCT_<SERVICE>_ADDR` names that `f"AQUEDUCT_{service.upper()}_ADDR"` builds."""
+    `AQUEDUCT_<SERVICE>_ADDR` and `AQUEDUCT_<SERVICE>_METRICS_ADDR` names that
+    `f"AQUEDUCT_{service.upper()}_ADDR"` and its like build."""
     names: set[str] = set()
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -167,8 +171,8 @@ def env_names_read(files: set[Path]) -> set[str]:
                     names.add(node.value)
             elif isinstance(node, ast.JoinedStr):
                 texts = [v.value for v in node.values if isinstance(v, ast.Constant)]
-                if texts[:1] == ["AQUEDUCT_"] and texts[-1:] == ["_ADDR"]:
-                    names |= {f"AQUEDUCT_{s.upper()}_ADDR" for s in DEFAULT_ADDRESSES}
+                if texts[:1] == ["AQUEDUCT_"] and texts[-1] in ("_ADDR", "_METRICS_ADDR"):
+                    names |= {f"AQUEDUCT_{s.upper()}{texts[-1]}" for s in DEFAULT_ADDRESSES}
     return names
 
 
@@ -360,6 +364,178 @@ def test_grpc_healthcheck_reports_what_the_service_reports(
     assert exit_code() not in (0, None)
 
 
+# --- observability profile: Prometheus and Grafana ----------------------------------
+
+OBSERVABILITY = ("prometheus", "grafana")
+PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "aqueduct.json"
+
+
+def mounts(service: str) -> dict[Path, str]:
+    """A service's volumes as {container path: source}; a bind mount's source is a
+    repository path, a named volume's its name."""
+    found: dict[Path, str] = {}
+    for volume in SERVICES[service].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        found[Path(target)] = str((ROOT / source).resolve()) if source.startswith(".") else source
+    return found
+
+
+def repository_file(service: str, path: str | Path) -> Path:
+    """The repository file a container sees at `path`, through its bind mounts."""
+    path = Path(path)
+    for target, source in mounts(service).items():
+        if path == target or target in path.parents:
+            assert source.startswith("/"), f"{service}: {path} is on a volume, not the repository"
+            return Path(source) / path.relative_to(target)
+    raise AssertionError(f"{service}: nothing mounted at {path}")
+
+
+def prometheus_flag(name: str) -> str:
+    flags = dict(arg.split("=", 1) for arg in command("prometheus") if arg.startswith("--"))
+    return flags[f"--{name}"]
+
+
+def scrape_targets() -> dict[str, list[tuple[str, int]]]:
+    """Each scrape job's targets as (host, port): DNS names or static addresses."""
+    config = yaml.safe_load(PROMETHEUS_FILE.read_text())
+    targets: dict[str, list[tuple[str, int]]] = {}
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+        assert job.get("scheme", "http") == "http"
+        found = targets.setdefault(job["job_name"], [])
+        for dns in job.get("dns_sd_configs", []):
+            assert dns.get("type", "SRV") == "A", "compose service names resolve to A records"
+            found += [(name, int(dns["port"])) for name in dns["names"]]
+        for static in job.get("static_configs", []):
+            found += [split_address(target) for target in static["targets"]]
+    return targets
+
+
+def metrics_listen_address(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, int]:
+    """Where the process in compose service `name` serves /metrics, read by its own code."""
+    for key, value in environment(name).items():
+        monkeypatch.setenv(key, value)
+    if name == "edge":
+        from edge.config import Settings
+
+        settings = Settings.from_env()
+        assert settings.metrics_port, "the edge serves metrics on its public port only"
+        assert settings.metrics_port != settings.port
+        return settings.metrics_host, settings.metrics_port
+    from services.common.metrics import metrics_address
+
+    address = metrics_address(name)
+    assert address is not None, f"{name} serves no metrics (AQUEDUCT_{name.upper()}_METRICS_ADDR)"
+    return address
+
+
+def test_prometheus_and_grafana_start_only_with_the_observability_profile() -> None:
+    for name in OBSERVABILITY:
+        assert SERVICES[name].get("profiles") == ["observability"], name
+    always = set(SERVICES) - set(OBSERVABILITY)
+    for name in always:  # a plain `docker compose up` starts what it started before
+        assert "profiles" not in SERVICES[name], name
+        assert not set(SERVICES[name].get("depends_on") or {}) & set(OBSERVABILITY), name
+    # Compose interpolates every service, profile or not: nothing the profile needs may
+    # be required (`${VAR:?}`) of an operator who never asks for it.
+    for name in OBSERVABILITY:
+        environment(name)
+        for part in [*SERVICES[name].get("command", []), *SERVICES[name].get("ports", [])]:
+            interpolate(str(part), OPERATOR_ENV)
+
+
+def test_observability_images_are_pinned_releases() -> None:
+    for name in OBSERVABILITY:
+        image = SERVICES[name]["image"]
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", image), (
+            f"{name}: pin a release, not {image}"
+        )
+
+
+def test_prometheus_scrapes_every_process_where_it_serves_metrics(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    targets = scrape_targets()
+    scraped = {host: port for job in targets.values() for host, port in job}
+    assert sorted(len(job) for job in targets.values()) == [1] * len(ENTRY_MODULES)
+    assert set(scraped) == set(ENTRY_MODULES), f"scraped {sorted(scraped)}"
+    for name, module in ENTRY_MODULES.items():
+        assert service_running(module) == name
+        with pytest.MonkeyPatch.context() as env:
+            host, port = metrics_listen_address(name, env)
+        # Reachable from the prometheus container, on the port Prometheus asks.
+        assert host == "0.0.0.0", f"{name} serves metrics on {host}, unreachable from Prometheus"
+        assert port == scraped[name], f"Prometheus scrapes {name}:{scraped[name]}, it serves {port}"
+        # Not on the host: metrics name teams and models.
+        published = [interpolate(str(p), OPERATOR_ENV) for p in SERVICES[name].get("ports", [])]
+        assert all(int(p.rsplit(":", 1)[-1].split("/")[0]) != port for p in published)
+
+
+def test_prometheus_reads_the_repository_config_and_keeps_its_data() -> None:
+    config = repository_file("prometheus", prometheus_flag("config.file"))
+    assert config == PROMETHEUS_FILE.resolve()
+    data = Path(prometheus_flag("storage.tsdb.path"))
+    assert mounts("prometheus")[data] in COMPOSE["volumes"], "samples on a named volume"
+    assert "ports" not in SERVICES["prometheus"], "Grafana reaches it on the compose network"
+
+
+def test_grafana_is_published_on_this_machine_only() -> None:
+    published = [interpolate(str(p), OPERATOR_ENV) for p in SERVICES["grafana"]["ports"]]
+    assert published == ["127.0.0.1:3000:3000"]
+    moved = interpolate(str(SERVICES["grafana"]["ports"][0]), {"GRAFANA_PORT": "3300"})
+    assert moved == "127.0.0.1:3300:3000"
+
+
+def test_grafana_anonymous_users_only_view_and_admin_takes_the_operator_password() -> None:
+    env = environment("grafana")
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    chosen = environment("grafana", {**OPERATOR_ENV, "GRAFANA_ADMIN_PASSWORD": "s3cret"})
+    assert chosen["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard() -> None:
+    provisioning = repository_file("grafana", "/etc/grafana/provisioning")
+    assert provisioning == (GRAFANA_DIR / "provisioning").resolve()
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    [source] = sources["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    url = source["url"]
+    match = re.fullmatch(r"http://([\w-]+):(\d+)", url)
+    assert match, url
+    assert match.group(1) == "prometheus" and "prometheus" in SERVICES
+    listen = dict(a.split("=", 1) for a in command("prometheus") if "=" in a)
+    assert listen.get("--web.listen-address", ":9090").endswith(f":{match.group(2)}")
+    assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "aqueduct.yml").read_text())[
+        "providers"
+    ]
+    dashboards = repository_file("grafana", provider["options"]["path"])
+    assert dashboards == DASHBOARD_FILE.parent.resolve()
+    home = environment("grafana")["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert repository_file("grafana", home) == DASHBOARD_FILE.resolve()
+    # The dashboard's data source variable defaults to the provisioned one.
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    [variable] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert variable["query"] == source["type"]
+    assert variable["current"]["value"] == source["uid"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_accepts_the_prometheus_config() -> None:
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(PROMETHEUS_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 # --- Dockerfile ----------------------------------------------------------------------
 
 
@@ -435,7 +611,7 @@ def test_dockerfile_installs_both_requirements_files_like_the_makefile() -> None
     assert re.search(r"pip install [^&\n]*-r requirements\.txt", run)
     assert re.search(r"pip install [^&\n]*--no-deps [^&\n]*-r requirements-nodeps\.txt", run)
     assert "build-essential" in run and "cmake" in run, "llama-cpp-python compiles from source"
-    makefile_flags = re.search(r'CMAKE_ARGS="([^"]*)"', (ROOT / "Makefile").read_text())
+    makefile_flags = re.search(r"^LLAMA_CMAKE\s*:=\s*(.*)$", (ROOT / "Makefile").read_text(), re.M)
     assert makefile_flags
     cmake_args = joined(BUILD, "ARG") + "\n" + joined(BUILD, "ENV") + "\n" + run
     assert f'CMAKE_ARGS="{makefile_flags.group(1)}"' in cmake_args

@@ -139,6 +139,24 @@ def test_invalid_fields_are_named(body: dict[str, Any], param: str) -> None:
     assert caught.value.param == param
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "bound"),
+    [
+        ("seed", 2**63, "at most 9223372036854775807"),
+        ("seed", -(2**63) - 1, "at least -9223372036854775808"),
+        ("max_tokens", 2**63, "at most 9223372036854775807"),
+        ("max_tokens", 0, "at least 1"),
+    ],
+)
+def test_out_of_range_integers_name_the_bound_they_cross(
+    field: str, value: int, bound: str
+) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse(**{field: value})
+    assert caught.value.param == field
+    assert bound in caught.value.message
+
+
 def test_non_object_body_is_rejected() -> None:
     with pytest.raises(ApiError):
         parse_chat_request(["not", "an", "object"])

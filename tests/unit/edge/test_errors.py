@@ -9,6 +9,7 @@ from grpc.aio import AioRpcError, Metadata
 from core.errors import Kind, ServiceError
 from core.status import to_grpc_status
 from edge.errors import from_rpc_error
+from services.common.drain import shutting_down
 
 
 def rpc_error(kind: Kind, reason: str, message: str, param: str | None = None) -> AioRpcError:
@@ -48,3 +49,20 @@ def test_unavailable_without_detail_is_a_transport_failure() -> None:
     error = from_rpc_error(bare, "auth")
     assert error.status == 503
     assert "auth" in error.message and "refused" not in error.message
+
+
+def test_a_call_the_service_cancelled_is_503_not_a_client_cancel() -> None:
+    """grpc cancels the calls that meet a server's stop; the client did not leave."""
+    cancelled = AioRpcError(grpc.StatusCode.CANCELLED, Metadata(), Metadata(), "CANCELLED")
+    error = from_rpc_error(cancelled, "auth")
+    assert (error.status, error.code) == (503, "service_unavailable")
+
+
+def test_a_draining_service_refusal_is_503_with_retry_after() -> None:
+    status = to_grpc_status(shutting_down())
+    refused = AioRpcError(
+        status.code, Metadata(), Metadata(*status.trailing_metadata), status.details
+    )
+    error = from_rpc_error(refused, "auth")
+    assert (error.status, error.code) == (503, "shutting_down")
+    assert error.headers == {"retry-after": "1"}

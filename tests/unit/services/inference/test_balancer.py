@@ -91,3 +91,27 @@ def test_an_abandoned_probe_lets_another_probe_through() -> None:
     balancer.abandoned(a)
     balancer.release(a)
     assert balancer.acquire() is a
+
+
+def test_circuit_state_and_totals_follow_ejection_and_probe() -> None:
+    clock = Clock()
+    balancer = Balancer(["a"], eject_after=2, cooldown_s=10, clock=clock)
+    replica = balancer.replicas[0]
+    for _ in range(2):
+        picked = balancer.acquire()
+        assert picked is replica
+        balancer.failed(replica)
+        balancer.release(replica)
+    assert balancer.state(replica) == "open" and replica.ejections == 1
+    clock.now += 10
+    assert balancer.state(replica) == "half_open"
+    probe = balancer.acquire()
+    assert probe is replica
+    balancer.failed(replica)  # the probe fails: ejected again
+    balancer.release(replica)
+    assert balancer.state(replica) == "open" and replica.ejections == 2
+    clock.now += 10
+    assert balancer.acquire() is replica
+    balancer.succeeded(replica)
+    assert balancer.state(replica) == "closed"
+    assert (replica.attempts, replica.failed_total, replica.ejections) == (4, 3, 2)
