@@ -13,6 +13,8 @@ from services.auth.keys import Limits
 from services.auth.ledger import UsageLedger
 from services.auth.limiter import BucketLevel, Demand, LimitExceeded, demand_for, tightest
 
+MAX_RESERVATION_ID = 64  # the ledger's column
+
 
 class Counters(Protocol):
     async def reserve(
@@ -134,11 +136,12 @@ class Quotas:
         after any failure, here or on another replica, has exactly one effect;
         nothing is remembered in this process."""
         for reservation, _ in settles:
-            if not reservation.id:
+            if not 0 < len(reservation.id) <= MAX_RESERVATION_ID:
                 raise ServiceError(
                     Kind.INVALID_ARGUMENT,
                     "INVALID_FIELD",
-                    "Each settlement needs the id of its reservation.",
+                    "Each settlement needs the id of its reservation "
+                    f"(1 to {MAX_RESERVATION_ID} characters).",
                     param="settles.reservation.id",
                 )
         rows = [{**usage, "reservation_id": r.id} for r, usage in settles]
