@@ -43,6 +43,8 @@ class EmbeddingsHandler:
             principal = await self.authenticator.authenticate(request.headers, rid)
             call = parse_embeddings_request(await read_json(request, self.max_body_bytes))
             require_model_access(principal, call.request.model, call.request.fallback_models)
+            # Inference holds configured fallbacks to the key's models too.
+            call.request.allowed_models.extend(principal.allowed_models)
             usage = Usage(
                 rid,
                 call.request.model,

@@ -194,6 +194,8 @@ class GenerationHandler(Generic[P]):
         parsed = self.route.parse(await read_json(request, self.max_body_bytes))
         message = parsed.request
         require_model_access(principal, message.model, message.fallback_models)
+        # Inference holds configured fallbacks to the key's models too.
+        message.allowed_models.extend(principal.allowed_models)
         if parsed.pending and self.file_parts is not None:
             with tracing.span("aqueduct.resolve_files", parts=len(parsed.pending)):
                 await self.file_parts.resolve(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import DEFAULT_ADDRESSES, DEFAULT_METRICS_ADDRESSES
+from services.common.private import private_dir
 
 SERVICES = ("auth", "files", "inference", "edge")
 STOP_GRACE_S = 10.0
@@ -101,7 +102,7 @@ def start_one(name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def start(env: dict[str, str]) -> dict[str, subprocess.Popen[bytes]]:
-    Path(env["AQUEDUCT_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    private_dir(Path(env["AQUEDUCT_DATA_DIR"]))
     return {name: start_one(name, env) for name in SERVICES}
 
 

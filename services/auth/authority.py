@@ -11,6 +11,7 @@ from pathlib import Path
 from core.errors import Kind, ServiceError
 from services.auth.keys import KeyRecord, Limits, hash_secret, new_key_id, new_secret, preview
 from services.auth.store import KeyStore
+from services.common.private import create_private_file
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,8 @@ def _bootstrap_admin(store: KeyStore, data_dir: Path, configured_secret: str | N
         return
     secret = new_secret()
     path = data_dir / BOOTSTRAP_FILE
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
+    with os.fdopen(create_private_file(path, os.O_WRONLY | os.O_TRUNC), "w") as handle:
         handle.write(secret + "\n")
-    os.chmod(path, 0o600)
     store.insert(_admin_record(secret), hash_secret(secret))
     print(f"Aqueduct bootstrap admin key (shown once, also in {path}): {secret}", flush=True)
 

@@ -22,6 +22,7 @@ from services.auth.quotas import Counters, Quotas
 from services.auth.servicer import AdminServicer, AuthServicer
 from services.auth.store import KeyStore
 from services.common.grpc_server import GrpcService, ServiceHost
+from services.common.private import private_database, private_dir
 
 SERVICE_NAMES = [
     auth_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("AuthService", "AdminService")
@@ -65,7 +66,8 @@ class AuthServer(GrpcService):
         )
 
     async def ready(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(private_dir, self.settings.data_dir)
+        await asyncio.to_thread(private_database, self.settings.database_url)
         await asyncio.to_thread(self.store.migrate)
         await asyncio.to_thread(
             bootstrap_admin, self.store, self.settings.data_dir, self.settings.bootstrap_key

@@ -10,11 +10,13 @@ import uvloop
 
 from core import logs, tracing
 from core.config import ConfigError, env
+from services.common.private import restrict_umask
 
 
 def main(service: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
     logs.setup(service, env("AQUEDUCT_LOG_LEVEL", "INFO"))
     tracing.configure(service)
+    restrict_umask()  # data at rest stays private, also what libraries create
 
     async def entry() -> None:
         await run()  # build inside the loop: grpc.aio objects bind to it

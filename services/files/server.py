@@ -9,6 +9,7 @@ import logging
 from aqueduct.files.v1 import files_pb2, files_pb2_grpc
 
 from services.common.grpc_server import GrpcService, ServiceHost
+from services.common.private import private_database
 from services.files.config import Settings
 from services.files.extractor import Extractor
 from services.files.library import FileLibrary, Limits
@@ -54,6 +55,7 @@ class FilesServer(GrpcService):
         swept = await asyncio.to_thread(self.blobs.sweep_incomplete)
         if swept:
             log.info("removed incomplete uploads", extra={"count": swept})
+        await asyncio.to_thread(private_database, self.settings.database_url)
         await asyncio.to_thread(self.store.migrate)
         await self.extractor.warm_up()
         self._purger = asyncio.create_task(self._purge_forever())

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from services.common.private import create_private_file, private_dir
 from services.files.records import is_file_id
 
 
@@ -44,14 +45,16 @@ class BlobStore(Protocol):
 class LocalBlobStore:
     """Files under `root/<2 chars>/<file id>`; writes go to `root/.incoming`
     first, are fsynced, then renamed into place, so a reader never sees a
-    half-written file and a failed write leaves nothing behind."""
+    half-written file and a failed write leaves nothing behind. Folders are
+    0700 and files 0600 (services/common/private.py)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.incoming = root / ".incoming"
 
     def prepare(self) -> None:
-        self.incoming.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        private_dir(self.incoming)
 
     def path(self, file_id: str) -> Path:
         if not is_file_id(file_id):
@@ -95,7 +98,7 @@ class LocalWriter:
         if self._finished:
             raise ValueError("write after commit or abort")
         if self._handle is None:
-            self._handle = self.temporary.open("xb")
+            self._handle = os.fdopen(create_private_file(self.temporary), "wb")
         return self._handle
 
     def write(self, data: bytes) -> None:
@@ -110,7 +113,8 @@ class LocalWriter:
             handle.close()
             self._handle = None
             self._finished = True
-            self.final.parent.mkdir(parents=True, exist_ok=True)
+            if not self.final.parent.is_dir():
+                private_dir(self.final.parent)
             os.replace(self.temporary, self.final)
             _fsync_dir(self.final.parent)
             self._committed = True

@@ -16,6 +16,8 @@ class Settings:
     local_n_ctx: int = 8192
     local_threads: int = 2
     local_max_waiting: int = 16
+    local_max_messages: int = 2048  # messages of a chat, prompts of a completion
+    local_max_prompt_chars: int | None = None  # None: 8 per token of local_n_ctx
     embed_threads: int = 2
     upstream_max_connections: int = 100  # per upstream replica
     upstream_pool_wait_s: float = 5.0  # for a free connection, then 503
@@ -34,6 +36,12 @@ class Settings:
             local_n_ctx=env_int("AQUEDUCT_LOCAL_N_CTX", 8192, minimum=256),
             local_threads=env_int("AQUEDUCT_LOCAL_THREADS", min(4, os.cpu_count() or 1), minimum=1),
             local_max_waiting=env_int("AQUEDUCT_LOCAL_MAX_WAITING", 16, minimum=0),
+            local_max_messages=env_int("AQUEDUCT_LOCAL_MAX_MESSAGES", 2048, minimum=1),
+            local_max_prompt_chars=(
+                env_int("AQUEDUCT_LOCAL_MAX_PROMPT_CHARS", 0, minimum=1)
+                if env("AQUEDUCT_LOCAL_MAX_PROMPT_CHARS", "")
+                else None
+            ),
             embed_threads=env_int("AQUEDUCT_EMBED_THREADS", min(4, os.cpu_count() or 1), minimum=1),
             upstream_max_connections=env_int("AQUEDUCT_UPSTREAM_MAX_CONNECTIONS", 100, minimum=1),
             upstream_pool_wait_s=env_float("AQUEDUCT_UPSTREAM_POOL_WAIT_S", 5.0, minimum=0.0),

@@ -76,6 +76,7 @@ def chat_request(message: pb.StreamChatCompletionRequest) -> ChatRequest:
         sampling=sampling(message.sampling),
         user=message.user,
         fallback_models=tuple(message.fallback_models),
+        allowed_models=tuple(message.allowed_models),
         tools_json=message.tools_json,
         tool_choice_json=message.tool_choice_json,
         parallel_tool_calls=(
@@ -98,6 +99,7 @@ def completion_request(message: pb.StreamCompletionRequest) -> CompletionRequest
         best_of=message.best_of if message.HasField("best_of") else None,
         user=message.user,
         fallback_models=tuple(message.fallback_models),
+        allowed_models=tuple(message.allowed_models),
     )
 
 
@@ -134,6 +136,7 @@ def embed_request(message: pb.CreateEmbeddingsRequest) -> EmbedRequest:
         dimensions=message.dimensions if message.HasField("dimensions") else None,
         user=message.user,
         fallback_models=tuple(message.fallback_models),
+        allowed_models=tuple(message.allowed_models),
         input_type=message.input_type,
     )
 

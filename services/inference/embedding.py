@@ -21,6 +21,7 @@ class EmbedRequest:
     dimensions: int | None = None
     user: str = ""
     fallback_models: tuple[str, ...] = ()
+    allowed_models: tuple[str, ...] = ()  # the caller's models (a key's list); (): all
     input_type: str = ""  # "query" | "passage" | "" (the model's default)
 
 

@@ -68,6 +68,7 @@ class ChatRequest:
     sampling: Sampling = field(default_factory=Sampling)
     user: str = ""
     fallback_models: tuple[str, ...] = ()  # tried in order when `model` cannot serve
+    allowed_models: tuple[str, ...] = ()  # the caller's models (a key's list); (): all
     tools_json: str = ""  # OpenAI `tools`, JSON array text; "" when none
     tool_choice_json: str = ""  # OpenAI `tool_choice` as JSON; "" when unset
     parallel_tool_calls: bool | None = None
@@ -95,6 +96,7 @@ class CompletionRequest:
     best_of: int | None = None  # candidates per prompt; the n most likely are returned
     user: str = ""
     fallback_models: tuple[str, ...] = ()
+    allowed_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

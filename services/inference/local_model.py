@@ -46,6 +46,9 @@ BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 # llama_token_data as numpy sees it: int32 id, float logit, float p.
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+# Text that could fit the context: tokens average ~4 characters of English, and
+# long runs of spaces or symbols pack more; a prompt longer than this cannot fit.
+CHARS_PER_CONTEXT_TOKEN = 8
 
 
 def bundled_model_path() -> Path:
@@ -66,6 +69,16 @@ class LocalModelOptions:
     n_ctx: int = 8192
     n_threads: int = 2
     max_waiting: int = 16  # requests allowed to wait while one generates
+    # Checked before a request queues, so that no request can hold the model
+    # for long before the token check: llama.cpp's tokenizer is quadratic in
+    # the special tokens of a prompt (two per chat message), 32,000 tiny
+    # messages took it half a minute.
+    max_messages: int = 2048  # messages of a chat, prompts of a completion
+    max_prompt_chars: int | None = None  # None: CHARS_PER_CONTEXT_TOKEN * n_ctx
+
+    @property
+    def prompt_chars_limit(self) -> int:
+        return self.max_prompt_chars or CHARS_PER_CONTEXT_TOKEN * self.n_ctx
 
 
 @dataclass(eq=False)
@@ -153,9 +166,44 @@ class LocalChatModel:
                 param="echo",
             )
 
+    def _refuse_oversized(self, request: ChatRequest | CompletionRequest) -> None:
+        """Prompts too big to fit, refused by counting, before anything is tokenized."""
+        options = self.options
+        if isinstance(request, ChatRequest):
+            param, parts, count = "messages", "messages", len(request.messages)
+            chars = sum(len(m.content) for m in request.messages)
+        else:
+            param, parts, count = "prompt", "prompts", len(request.prompts)
+            chars = sum(len(p) for p in request.prompts if isinstance(p, str))
+            longest = max((len(p) for p in request.prompts if not isinstance(p, str)), default=0)
+            if longest >= options.n_ctx:
+                raise self._too_long(
+                    f"This model's maximum context length is {options.n_ctx} tokens; "
+                    f"a prompt holds {longest} token ids.",
+                    param,
+                )
+        if count > options.max_messages:
+            raise self._too_long(
+                f"Model '{self.model_id}' takes at most {options.max_messages} {parts} in one "
+                f"request; got {count}.",
+                param,
+            )
+        if chars > options.prompt_chars_limit:
+            raise self._too_long(
+                f"Model '{self.model_id}' takes at most {options.prompt_chars_limit} characters "
+                f"of {parts} in one request (its context holds {options.n_ctx} tokens); "
+                f"got {chars}.",
+                param,
+            )
+
+    @staticmethod
+    def _too_long(message: str, param: str) -> ServiceError:
+        return ServiceError(Kind.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED", message, param=param)
+
     async def _stream(
         self, request: ChatRequest | CompletionRequest
     ) -> AsyncGenerator[Event, None]:
+        self._refuse_oversized(request)
         if isinstance(request, CompletionRequest):
             self._refuse(request)
         elif request.uses_tools:
@@ -354,12 +402,10 @@ class LocalChatModel:
         room = self.options.n_ctx - len(prompt_tokens)
         if room <= 0:
             param = "messages" if isinstance(job.request, ChatRequest) else "prompt"
-            raise ServiceError(
-                Kind.INVALID_ARGUMENT,
-                "CONTEXT_LENGTH_EXCEEDED",
+            raise self._too_long(
                 f"This model's maximum context length is {self.options.n_ctx} tokens; "
                 f"the {param} take {len(prompt_tokens)}.",
-                param=param,
+                param,
             )
         max_tokens = min(sampling.max_tokens or room, room)
         temperature = (
@@ -375,7 +421,13 @@ class LocalChatModel:
         # tokens in other batch shapes, which shifts logits enough to change
         # greedy output, and temperature 0 with a seed must reproduce exactly.
         llm.reset()
-        llm.eval(prompt_tokens)
+        # In the batches llm.eval would use (same results), checking for a
+        # cancel (client gone, shutdown) between them: a long prompt stops in
+        # a fraction of a second, not after the whole evaluation.
+        for start in range(0, len(prompt_tokens), llm.n_batch):
+            if job.cancelled.is_set():
+                return None
+            llm.eval(prompt_tokens[start : start + llm.n_batch])
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         produced, reason, hit_stop, total = 0, "length", False, 0.0
         while produced < max_tokens:

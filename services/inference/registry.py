@@ -94,6 +94,8 @@ def _serve(spec: ModelSpec, settings: Settings, now: int) -> ServedModel:
             n_ctx=settings.local_n_ctx,
             n_threads=settings.local_threads,
             max_waiting=settings.local_max_waiting,
+            max_messages=settings.local_max_messages,
+            max_prompt_chars=settings.local_max_prompt_chars,
         )
         local = LocalChatModel(spec.name, options)
         return ServedModel(spec, local, now, chat=local)

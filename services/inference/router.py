@@ -5,13 +5,18 @@ The next model is tried only when the previous one failed before it produced
 anything, and only for failures another model may not share: unavailable
 (no healthy upstream, upstream down, model busy) or rate limited. A request's
 own faults (bad parameters, unknown model) and timeouts end it at once.
+
+A caller limited to some models (an API key's list, `allowed_models`) never
+reaches another one: the models it names must be in its list, and configured
+fallbacks outside it are skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
+from dataclasses import dataclass
 
 from core.errors import Kind, ServiceError
 from services.inference import strict
@@ -32,29 +37,80 @@ log = logging.getLogger(__name__)
 FALLBACK_KINDS = frozenset({Kind.UNAVAILABLE, Kind.RESOURCE_EXHAUSTED})
 
 
+@dataclass(frozen=True)
+class Chain:
+    """The models to try, in order, each once; `withheld`: configured fallbacks
+    skipped because the caller may not use them."""
+
+    models: list[ServedModel]
+    withheld: int = 0
+
+
+def may_use(allowed: Collection[str], served: ServedModel) -> bool:
+    """Whether a caller limited to `allowed` (empty: no limit) may use the model,
+    known by its name or any alias."""
+    return not allowed or any(i in allowed for i in (served.spec.name, *served.spec.aliases))
+
+
 def candidates(
-    registry: ModelRegistry, model: str, fallbacks: tuple[str, ...], operation: str
-) -> list[ServedModel]:
-    """The models to try, in order, each once."""
+    registry: ModelRegistry,
+    model: str,
+    fallbacks: tuple[str, ...],
+    operation: str,
+    allowed: Collection[str] = (),
+) -> Chain:
+    """The chain for a request; PERMISSION_DENIED if it names a model outside `allowed`."""
     ordered: list[ServedModel] = []
     seen: set[str] = set()
+    withheld: set[str] = set()
 
     def add(served: ServedModel) -> None:
         if served.spec.name not in seen:
             seen.add(served.spec.name)
             ordered.append(served)
 
-    add(registry.resolve_for(model, operation))
-    for fallback in fallbacks:
-        add(registry.resolve_for(fallback, operation, param="models"))
+    for position, asked in enumerate((model, *fallbacks)):
+        param = "model" if position == 0 else "models"
+        served = registry.resolve_for(asked, operation, param=param)
+        if not may_use(allowed, served):
+            raise not_allowed(asked, param)
+        add(served)
     position = 0
     while position < len(ordered):  # then configured fallbacks, breadth first
         for name in ordered[position].spec.fallbacks:
             served = registry.resolve(name)
-            if operation in served.spec.capabilities:
+            if operation not in served.spec.capabilities or served.spec.name in seen:
+                continue
+            if may_use(allowed, served):
                 add(served)
+            else:
+                withheld.add(served.spec.name)
         position += 1
-    return ordered
+    return Chain(ordered, len(withheld))
+
+
+def not_allowed(model: str, param: str) -> ServiceError:
+    return ServiceError(
+        Kind.PERMISSION_DENIED,
+        "MODEL_NOT_ALLOWED",
+        f"This API key may not use the model '{model}'.",
+        param=param,
+    )
+
+
+def exhausted(model: str, chain: Chain, failure: ServiceError) -> ServiceError:
+    """What the caller hears when every model it may use failed: that failure,
+    or, when fallbacks it may not use were skipped, that it may go no further
+    (without naming models its key does not list)."""
+    if not chain.withheld:
+        return failure
+    return ServiceError(
+        Kind.PERMISSION_DENIED,
+        "MODEL_NOT_ALLOWED",
+        f"The model '{model}' cannot serve now ({failure.message}), and the fallbacks "
+        "configured for it are models this API key may not use.",
+        param="model",
+    )
 
 
 class Router:
@@ -81,9 +137,11 @@ class Router:
         open_stream: Callable[[ChatBackend], AsyncGenerator[Event, None]],
     ) -> AsyncGenerator[Event | Routed, None]:
         with self.catalog.lease() as registry:
-            chain = candidates(registry, request.model, request.fallback_models, "chat")
+            chain = candidates(
+                registry, request.model, request.fallback_models, "chat", request.allowed_models
+            )
             failure: ServiceError | None = None
-            for served in chain:
+            for served in chain.models:
                 assert served.chat is not None
                 async with contextlib.aclosing(open_stream(served.chat)) as events:
                     try:
@@ -99,14 +157,20 @@ class Router:
                         yield event
                     return
             assert failure is not None
-            raise failure
+            raise exhausted(request.model, chain, failure)
 
     async def embed(self, request: EmbedRequest) -> tuple[str, Embeddings]:
         """The model that served, and its embeddings."""
         with self.catalog.lease() as registry:
-            chain = candidates(registry, request.model, request.fallback_models, "embeddings")
+            chain = candidates(
+                registry,
+                request.model,
+                request.fallback_models,
+                "embeddings",
+                request.allowed_models,
+            )
             failure: ServiceError | None = None
-            for served in chain:
+            for served in chain.models:
                 assert served.embedder is not None
                 try:
                     return served.spec.name, await served.embedder.embed(request)
@@ -115,7 +179,7 @@ class Router:
                         raise
                     failure = _note(error, served)
             assert failure is not None
-            raise failure
+            raise exhausted(request.model, chain, failure)
 
 
 def _completion_backend(

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from services.inference.openai_backend import OpenAIBackend
+from tests.admin_api import create_key
 from tests.fake_upstream import PROMPT_TOKENS, FakeUpstream, Reply, fake_vector
 from tests.processes import free_port
 from tests.stack import ADMIN_KEY, Stack
@@ -328,6 +329,29 @@ def test_unknown_fallback_model_is_404_naming_models(client: openai.OpenAI) -> N
     with pytest.raises(openai.NotFoundError) as caught:
         chat(client, "single", extra_body={"models": ["nope"]})
     assert caught.value.body["param"] == "models"  # type: ignore[index]
+
+
+def test_configured_fallbacks_never_reach_a_model_outside_the_keys_list(
+    stack: Stack, fakes: dict[str, FakeUpstream], journal: list[str]
+) -> None:
+    """Issue #20: a key allowed only `primary`, whose configured fallback is
+    `configured`, must not be served by `configured` when `primary` is down."""
+    fakes["c"].default = Reply.error(503, "primary down")
+    only_primary = stack.sdk(create_key(stack.base_url, models=["primary"])["key"], timeout=30)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        chat(only_primary, "primary")
+    error = caught.value.body
+    assert (error["code"], error["param"]) == ("model_not_allowed", "model")  # type: ignore[index]
+    assert "'primary'" in error["message"]  # type: ignore[index]
+    assert journal == ["c"]  # `configured` never asked
+    journal.clear()
+    with pytest.raises(openai.PermissionDeniedError):  # a stream too, before any text
+        list(only_primary.chat.completions.create(model="primary", messages=HI, stream=True))
+    assert journal == ["c"]
+    journal.clear()
+    both = stack.sdk(create_key(stack.base_url, models=["primary", "configured"])["key"])
+    assert chat(both, "primary").model == "configured"
+    assert journal == ["c", "e"]
 
 
 # -- timeouts and upstream errors --------------------------------------------------

@@ -59,7 +59,7 @@ def test_order_is_model_then_request_list_then_configured_breadth_first() -> Non
         served("d"),
         served("e", backend="local-embedding"),
     )
-    names = [m.spec.name for m in candidates(reg, "a", ("b", "a"), "chat")]
+    names = [m.spec.name for m in candidates(reg, "a", ("b", "a"), "chat").models]
     assert names == ["a", "b", "c", "d"]
 
 
@@ -165,3 +165,88 @@ def test_catalog_reload_reuses_unchanged_backends_and_closes_replaced_ones_when_
         await catalog.close()
 
     asyncio.run(scenario())
+
+
+# -- a caller limited to some models (an API key's list) ---------------------------
+
+
+def test_configured_fallbacks_outside_the_callers_models_are_skipped() -> None:
+    reg = registry(
+        served("down", fallbacks=("secret", "open")),
+        served("secret"),
+        served("open"),
+    )
+    chain = candidates(reg, "down", (), "chat", allowed=("down", "open"))
+    assert [m.spec.name for m in chain.models] == ["down", "open"]
+    assert chain.withheld == 1
+    unlimited = candidates(reg, "down", (), "chat")
+    assert [m.spec.name for m in unlimited.models] == ["down", "secret", "open"]
+
+
+def test_a_model_is_allowed_by_any_of_its_ids() -> None:
+    aliased = ServedModel(
+        ModelSpec(name="secret", backend="openai", aliases=("nickname",)),
+        FakeChat(),  # type: ignore[arg-type]
+        0,
+        chat=FakeChat(),
+    )
+    reg = registry(served("down", fallbacks=("secret",)), aliased)
+    chain = candidates(reg, "down", (), "chat", allowed=("down", "nickname"))
+    assert [m.spec.name for m in chain.models] == ["down", "secret"]
+
+
+def test_a_named_model_outside_the_callers_models_is_refused() -> None:
+    reg = registry(served("a"), served("b"))
+    with pytest.raises(ServiceError) as asked:
+        candidates(reg, "b", (), "chat", allowed=("a",))
+    assert (asked.value.kind, asked.value.reason, asked.value.param) == (
+        Kind.PERMISSION_DENIED,
+        "MODEL_NOT_ALLOWED",
+        "model",
+    )
+    assert "'b'" in asked.value.message
+    with pytest.raises(ServiceError) as listed:
+        candidates(reg, "a", ("b",), "chat", allowed=("a",))
+    assert (listed.value.reason, listed.value.param) == ("MODEL_NOT_ALLOWED", "models")
+
+
+def test_a_down_model_never_falls_back_to_a_model_the_caller_may_not_use() -> None:
+    """The issue's case: a key allowed only `down`, whose fallback is `secret`."""
+    down, secret = FakeChat(UNAVAILABLE), FakeChat()
+    reg = registry(served("down", fallbacks=("secret",), chat=down), served("secret", chat=secret))
+    request = ChatRequest("down", (Message("user", "hi"),), allowed_models=("down",))
+    with pytest.raises(ServiceError) as caught:
+        run(Router(OneCatalog(reg)), request)  # type: ignore[arg-type]
+    assert secret.calls == 0 and down.calls == 1
+    assert (caught.value.kind, caught.value.reason, caught.value.param) == (
+        Kind.PERMISSION_DENIED,
+        "MODEL_NOT_ALLOWED",
+        "model",
+    )
+    assert "'down'" in caught.value.message and "secret" not in caught.value.message
+    # Without a limit, the same request is served by the fallback.
+    events = run(Router(OneCatalog(reg)), ChatRequest("down", (Message("user", "hi"),)))  # type: ignore[arg-type]
+    assert events[0] == Routed("secret", "aqueduct") and secret.calls == 1
+
+
+def test_embeddings_skip_fallbacks_outside_the_callers_models() -> None:
+    from services.inference.embedding import EmbedRequest
+
+    class FakeEmbedder:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def embed(self, request: EmbedRequest) -> object:
+            self.calls += 1
+            raise UNAVAILABLE
+
+    down, secret = FakeEmbedder(), FakeEmbedder()
+    reg = registry(
+        ServedModel(ModelSpec("down", "openai", fallbacks=("secret",)), down, 0, embedder=down),  # type: ignore[arg-type]
+        ServedModel(ModelSpec("secret", "openai"), secret, 0, embedder=secret),  # type: ignore[arg-type]
+    )
+    with pytest.raises(ServiceError) as caught:
+        asyncio.run(
+            Router(OneCatalog(reg)).embed(EmbedRequest("down", ("x",), allowed_models=("down",)))  # type: ignore[arg-type]
+        )
+    assert caught.value.reason == "MODEL_NOT_ALLOWED" and secret.calls == 0
