@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +92,9 @@ def one_at_a_time(engine: Engine, name: str) -> Iterator[None]:
         yield  # one process only (or not a file we can lock beside)
         return
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
-    with open(f"{database}.{safe}.lock", "a") as handle:
+    # Private like the database beside it (0600, whatever the umask).
+    lock = os.open(f"{database}.{safe}.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(lock, 0o600)
+    with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
         yield
