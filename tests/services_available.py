@@ -5,7 +5,10 @@ CI requires both (.ci/run starts them); elsewhere such tests skip with the reaso
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import uuid
+from collections.abc import Iterator
 
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
@@ -19,3 +22,20 @@ def listening(address: tuple[str, int]) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
+    import sqlalchemy  # only tests that use PostgreSQL pay for it
+
+    name = f"aqueduct_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()

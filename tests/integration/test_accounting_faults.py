@@ -10,7 +10,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +22,11 @@ from tests.fake_upstream import FakeUpstream, Reply
 from tests.integration.test_outages import KEY, SERVICES, Gateway
 from tests.processes import free_port, serving, spawn, stop, wait_for
 from tests.redis_server import RedisServer
-from tests.services_available import POSTGRES, POSTGRES_ADMIN_URL, listening
+from tests.services_available import (
+    POSTGRES,
+    fresh_postgres_database,
+    listening,
+)
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ADMIN = {"authorization": f"Bearer {KEY}"}
@@ -51,14 +54,8 @@ def postgres() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for the test."""
     if not listening(POSTGRES):
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    name = f"aqueduct_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 class Running:

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy
 
 from tests.admin_api import ADMIN, create_key, usage
-from tests.services_available import POSTGRES, POSTGRES_ADMIN_URL, REDIS, REDIS_URL, listening
+from tests.services_available import (
+    POSTGRES,
+    REDIS,
+    REDIS_URL,
+    fresh_postgres_database,
+    listening,
+)
 from tests.stack import Stack
 
 MODEL = "smollm2-135m-instruct"
@@ -32,14 +36,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def database() -> Iterator[str]:
-    name = f"aqueduct_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
