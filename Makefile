@@ -9,7 +9,7 @@ BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 BUF_OK := .tools/.buf-$(BUF_VERSION)
 
-.PHONY: setup proto run test unit integration lint lint-proto bench clean
+.PHONY: setup proto run test unit integration lint lint-proto bench compose-test clean
 
 setup: $(GEN)
 
@@ -85,7 +85,15 @@ lint: setup lint-proto
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy core services edge scripts
 
-# Load test beside LiteLLM on ../shared/bench (about 5 minutes a round).
+# The compose deployment on a real Docker engine (not part of `make test`; root, a few
+# minutes, the first image build much longer): starts dockerd and fetches a compose v2
+# plugin if missing, builds local images when no registry answers, then `up --wait`,
+# the smoke suite through the published port (tests/compose/smoke.py), `down -v`.
+# See scripts/compose_test.sh and README, "Deploying with Docker Compose".
+compose-test: setup
+	bash scripts/compose_test.sh
+
+# Load test beside LiteLLM on ../shared/bench, admin key and limited key (about 7 minutes a round).
 bench: setup
 	bash scripts/bench.sh $(ARGS)
 

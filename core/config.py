@@ -58,7 +58,11 @@ def data_dir() -> Path:
 def service_addresses(service: str) -> list[str]:
     """`AQUEDUCT_<SERVICE>_ADDR`: one `host:port`, or a comma-separated replica list."""
     name = f"AQUEDUCT_{service.upper()}_ADDR"
-    raw = env(name, DEFAULT_ADDRESSES[service])
+    return addresses_in(name, env(name, DEFAULT_ADDRESSES[service]))
+
+
+def addresses_in(name: str, raw: str) -> list[str]:
+    """Variable `name`'s comma-separated `host:port` list."""
     addresses = [part.strip() for part in raw.split(",") if part.strip()]
     for address in addresses:
         host, sep, port = address.rpartition(":")

@@ -37,3 +37,4 @@ FILE_PURPOSES = EnumNames[files_pb2.FilePurpose.ValueType](
     files_pb2.FilePurpose.DESCRIPTOR,
     {"fine_tune": "fine-tune"},  # OpenAI's spelling
 )
+BATCH_STATUSES = EnumNames[files_pb2.BatchStatus.ValueType](files_pb2.BatchStatus.DESCRIPTOR)

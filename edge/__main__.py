@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -16,6 +19,9 @@ from core.config import ConfigError, env
 from edge.app import create_app
 from edge.config import Settings
 from edge.http_server import uvicorn_config
+
+log = logging.getLogger("edge")
+STARTUP_FAILURE = 3  # uvicorn's exit code when it cannot bind its port
 
 
 class _Server(uvicorn.Server):
@@ -32,6 +38,21 @@ class _Server(uvicorn.Server):
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+
+def shared_port(host: str, port: int) -> socket.socket:
+    """The HTTP port bound with SO_REUSEPORT, for `make run`'s edge workers: each
+    binds its own socket to the same port and the kernel spreads new connections
+    over the workers listening. Only bound here: uvicorn listens once the app has
+    started, so no connection is handed to a worker still starting. Linux lets
+    only processes of the same user join the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(False)
+    return sock
 
 
 def main() -> None:
@@ -51,7 +72,22 @@ def main() -> None:
         proxy_headers=False,  # no X-Forwarded-* rewriting: nothing here reads client addresses
         timeout_graceful_shutdown=5,
     )
-    uvloop.run(_Server(config).serve())
+    sockets = None
+    if settings.worker:
+        try:
+            sockets = [shared_port(settings.host, settings.port)]
+        except OSError as error:
+            log.error("cannot bind %s:%d: %s", settings.host, settings.port, error)
+            sys.exit(STARTUP_FAILURE)
+        log.info(
+            "edge worker %d (pid %d) shares %s:%d",
+            settings.worker,
+            os.getpid(),
+            settings.host,
+            settings.port,
+            extra={"worker": settings.worker},
+        )
+    uvloop.run(_Server(config).serve(sockets=sockets))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ GROUPS = {
     "key": pb.USAGE_GROUPING_KEY,
     "model": pb.USAGE_GROUPING_MODEL,
     "team": pb.USAGE_GROUPING_TEAM,
+    "route": pb.USAGE_GROUPING_ROUTE,
 }
 
 
@@ -221,15 +222,16 @@ class AdminApi:
     async def usage(self, request: Request) -> Response:
         params = request.query_params
         for name in params:
-            if name not in {"key_id", "team", "model", "since", "until", "group_by"}:
+            if name not in {"key_id", "team", "model", "batch_id", "since", "until", "group_by"}:
                 raise invalid(name, f"Unknown query parameter '{name}'.", "unknown_field")
         group = params.get("group_by")
         if group is not None and group not in GROUPS:
-            raise invalid("group_by", "'group_by' must be key, model or team.")
+            raise invalid("group_by", "'group_by' must be key, model, team or route.")
         query = pb.QueryUsageRequest(
             key_id=params.get("key_id", ""),
             team=params.get("team", ""),
             model=params.get("model", ""),
+            batch_id=params.get("batch_id", ""),
             group_by=GROUPS.get(group or "", pb.USAGE_GROUPING_UNSPECIFIED),
         )
         since, until = _query_number(request, "since"), _query_number(request, "until")
@@ -238,7 +240,9 @@ class AdminApi:
         if until is not None:
             query.until = until
         answer = await self._call(request, "QueryUsage", lambda: query)
-        field = {"key": "key_id", "model": "model", "team": "team"}.get(group or "")
+        field = {"key": "key_id", "model": "model", "team": "team", "route": "route"}.get(
+            group or ""
+        )
         data = []
         for total in answer.totals:
             row: dict[str, Any] = {

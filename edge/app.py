@@ -16,15 +16,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_s
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from edge.admin import AdminApi
 from edge.auth import Authenticator
+from edge.batch_worker import BatchWorker
+from edge.batches import BatchesApi
 from edge.chat import ChatRoute
 from edge.completions import CompletionsRoute
 from edge.config import Settings
+from edge.console import ConsoleFiles
+from edge.console_api import ConsoleApi
 from edge.embeddings import EmbeddingsHandler
 from edge.errors import ApiError, from_rpc_error
 from edge.file_parts import FilePartResolver
@@ -32,12 +36,16 @@ from edge.files import FilesApi
 from edge.grpc_clients import open_channel
 from edge.http import EventStream, error_response, json_response, request_id
 from edge.limits import Limiter
+from edge.live_traffic import LiveTraffic
 from edge.metrics import EdgeMetrics
 from edge.openapi import DOCUMENT as OPENAPI_DOCUMENT
 from edge.path_ids import named_id
 from edge.pipeline import GenerationHandler
-from edge.prepared_calls import GenerationCalls, prepared_method
+from edge.prepared_calls import GenerationCalls, prepared_method, whole_method
 from edge.readiness import Readiness
+from edge.replica_models import ReplicaModels
+from edge.response_store import ResponsesApi, ResponseStore
+from edge.responses import ResponsesRoute
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response | EventStream]]
@@ -49,9 +57,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.channels = {
-            "auth": open_channel(settings.auth_addresses),
-            "files": open_channel(settings.files_addresses),
-            "inference": open_channel(settings.inference_addresses),
+            "auth": open_channel(settings.auth_addresses, settings.tls),
+            "files": open_channel(settings.files_addresses, settings.tls),
+            "inference": open_channel(settings.inference_addresses, settings.tls),
         }
         self.inference = inference_pb2_grpc.InferenceServiceStub(self.channels["inference"])
         self.metrics = EdgeMetrics()
@@ -63,6 +71,7 @@ class Gateway:
                 pb.StreamChatCompletionResponse,
             ),
             self.inference.StreamChatCompletion,
+            whole_method(self.channels["inference"], "ChatCompletion", pb.ChatCompletionResponse),
         )
         self.completion_calls = GenerationCalls(
             prepared_method(
@@ -71,12 +80,22 @@ class Gateway:
                 pb.StreamCompletionResponse,
             ),
             self.inference.StreamCompletion,
+            whole_method(self.channels["inference"], "Completion", pb.CompletionResponse),
         )
         auth = auth_pb2_grpc.AuthServiceStub(self.channels["auth"])
         self.authenticator = Authenticator(auth, settings.key_cache_ttl_s)
         self.limiter = Limiter(auth, settings.reserve_output_tokens)
-        self.admin = AdminApi(
-            self.authenticator, auth_pb2_grpc.AdminServiceStub(self.channels["auth"])
+        admin = auth_pb2_grpc.AdminServiceStub(self.channels["auth"])
+        self.admin = AdminApi(self.authenticator, admin)
+        # The console's upstream health, from each inference replica (edge/replica_models.py).
+        self.replica_channels = (
+            [open_channel([a], settings.tls) for a in settings.inference_addresses]
+            if len(settings.inference_addresses) > 1
+            else []
+        )
+        replicas = [inference_pb2_grpc.InferenceServiceStub(c) for c in self.replica_channels]
+        self.console = ConsoleApi(
+            self.authenticator, admin, ReplicaModels(replicas or [self.inference])
         )
         files = files_pb2_grpc.FilesServiceStub(self.channels["files"])
         self.files = FilesApi(self.authenticator, files)
@@ -99,8 +118,34 @@ class Gateway:
             settings.max_body_bytes,
             metrics=self.metrics,
         )
+        stored_responses = ResponseStore(files)
+        self.stored_responses = ResponsesApi(self.authenticator, stored_responses)
+        self.responses = GenerationHandler(
+            ResponsesRoute(stored_responses),
+            self.authenticator,
+            self.limiter,
+            self.chat_calls,
+            settings.max_body_bytes,
+            file_parts=self.chat.file_parts,
+            metrics=self.metrics,
+        )
         self.embeddings = EmbeddingsHandler(
             self.authenticator, self.limiter, self.inference, settings.max_body_bytes, self.metrics
+        )
+        self.live = LiveTraffic(settings.batch.live_threshold)
+        batches = files_pb2_grpc.BatchesServiceStub(self.channels["files"])
+        self.batches = BatchesApi(self.authenticator, batches)
+        self.batch_worker = BatchWorker(
+            settings.batch,
+            batches,
+            files,
+            auth,
+            {
+                "/v1/chat/completions": self.chat.run_line,
+                "/v1/completions": self.completions.run_line,
+                "/v1/embeddings": self.embeddings.run_line,
+            },
+            self.live,
         )
         self.readiness = Readiness(self.channels)
         self.metrics.watch(self.authenticator, self.limiter, self.readiness)
@@ -114,14 +159,16 @@ class Gateway:
         self.readiness.start()
         self.chat_calls.replenish()  # so that the first request finds one too
         self.completion_calls.replenish()
+        self.batch_worker.start()
 
     async def close(self) -> None:
+        await self.batch_worker.close()  # its running lines end and settle first
         await self.limiter.drain()  # every settle (and ledger row) reaches auth
         await self.authenticator.close()
         await self.readiness.close()
         self.chat_calls.close()
         self.completion_calls.close()
-        for channel in self.channels.values():
+        for channel in [*self.channels.values(), *self.replica_channels]:
             await channel.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -183,12 +230,14 @@ class Gateway:
 
 def _model_json(m: pb.Model) -> dict[str, object]:
     # `root`: the configured model an alias resolves to (vLLM's field).
+    # `capabilities`: what it takes besides text ("vision", "audio"); [] text only.
     return {
         "id": m.id,
         "object": "model",
         "created": m.created,
         "owned_by": m.owned_by,
         "root": m.root or m.id,
+        "capabilities": list(m.capabilities),
     }
 
 
@@ -243,6 +292,10 @@ async def _completions(request: Request) -> Response:
     return await _gateway(request).completions(request)  # type: ignore[return-value]
 
 
+async def _responses(request: Request) -> Response:
+    return await _gateway(request).responses(request)  # type: ignore[return-value]
+
+
 async def _models(request: Request) -> Response:
     return await _gateway(request).models(request)
 
@@ -252,7 +305,12 @@ async def _model(request: Request) -> Response:
 
 
 async def _embeddings(request: Request) -> Response:
-    return await _gateway(request).embeddings(request)
+    gateway = _gateway(request)
+    gateway.live.enter()
+    try:
+        return await gateway.embeddings(request)
+    finally:
+        gateway.live.leave()
 
 
 async def _openapi(_request: Request) -> Response:
@@ -293,6 +351,47 @@ def _admin_routes() -> list[Route]:
     ]
 
 
+def _console_routes() -> list[Route | Mount]:
+    def call(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            handler: Callable[[Request], Awaitable[Response]] = getattr(
+                _gateway(request).console, name
+            )
+            return await handler(request)
+
+        return endpoint
+
+    async def to_console(_request: Request) -> Response:
+        return RedirectResponse("/ui/", status_code=308)
+
+    return [
+        Route("/v1/console/session", call("session"), methods=["GET"]),
+        Route("/v1/console/keys", call("keys"), methods=["GET"]),
+        Route("/v1/console/models", call("models"), methods=["GET"]),
+        Route("/v1/console/usage", call("usage"), methods=["GET"]),
+        Route("/ui", to_console, methods=["GET", "HEAD"]),
+        Mount("/ui", app=ConsoleFiles()),
+    ]
+
+
+def _batches_routes(prefix: str) -> list[Route]:
+    def call(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            handler: Callable[[Request], Awaitable[Response]] = getattr(
+                _gateway(request).batches, name
+            )
+            return await handler(request)
+
+        return endpoint
+
+    return [
+        Route(f"{prefix}/batches", call("create"), methods=["POST"]),
+        Route(f"{prefix}/batches", call("list"), methods=["GET"]),
+        Route(f"{prefix}/batches/{{batch_id}}", call("retrieve"), methods=["GET"]),
+        Route(f"{prefix}/batches/{{batch_id}}/cancel", call("cancel"), methods=["POST"]),
+    ]
+
+
 def _files_routes(prefix: str) -> list[Route]:
     def call(name: str) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -312,10 +411,28 @@ def _files_routes(prefix: str) -> list[Route]:
     ]
 
 
+def _stored_responses_routes(prefix: str) -> list[Route]:
+    def call(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            handler: Callable[[Request], Awaitable[Response]] = getattr(
+                _gateway(request).stored_responses, name
+            )
+            return await handler(request)
+
+        return endpoint
+
+    path = f"{prefix}/responses/{{response_id}}"
+    return [
+        Route(path, call("retrieve"), methods=["GET"]),
+        Route(path, call("delete"), methods=["DELETE"]),
+        Route(f"{path}/input_items", call("input_items"), methods=["GET"]),
+    ]
+
+
 class HotRoutes:
     """The generation routes, straight to their handlers; everything else to Starlette.
 
-    POST /v1/chat/completions and /v1/completions (and bare) are nearly every
+    POST /v1/chat/completions, /v1/completions and /v1/responses (and bare) are nearly every
     request a gateway serves, and Starlette's middleware stack and route
     matching cost about 100 µs of CPU each time on this machine; here the
     lookup is one dict. Errors get the same OpenAI shape as on any route.
@@ -327,6 +444,7 @@ class HotRoutes:
         for prefix in ("/v1", ""):
             self.routes[f"{prefix}/chat/completions"] = lambda gateway: gateway.chat
             self.routes[f"{prefix}/completions"] = lambda gateway: gateway.completions
+            self.routes[f"{prefix}/responses"] = lambda gateway: gateway.responses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
@@ -334,13 +452,18 @@ class HotRoutes:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive, send)
+        gateway: Gateway = self.app.state.gateway
+        gateway.live.enter()  # batch lines wait while live traffic is high
         try:
-            response = await route(self.app.state.gateway)(request)
-        except ApiError as error:
-            response = error_response(error, request)
-        except Exception as error:
-            response = await _internal_error(request, error)
-        await response(scope, receive, send)
+            try:
+                response = await route(gateway)(request)
+            except ApiError as error:
+                response = error_response(error, request)
+            except Exception as error:
+                response = await _internal_error(request, error)
+            await response(scope, receive, send)
+        finally:
+            gateway.live.leave()
 
 
 def create_app(settings: Settings) -> HotRoutes:
@@ -359,17 +482,21 @@ def create_app(settings: Settings) -> HotRoutes:
         Route("/readyz", _readyz),
         Route("/openapi.json", _openapi),
         *_admin_routes(),
+        *_console_routes(),
     ]
     for prefix in ("/v1", ""):
         routes += [
             # POST goes through HotRoutes; listed here so other methods get a 405.
             Route(f"{prefix}/chat/completions", _chat, methods=["POST"]),
             Route(f"{prefix}/completions", _completions, methods=["POST"]),
+            Route(f"{prefix}/responses", _responses, methods=["POST"]),
             Route(f"{prefix}/models", _models, methods=["GET"]),
             Route(f"{prefix}/models/{{model_id:path}}", _model, methods=["GET"]),
             Route(f"{prefix}/embeddings", _embeddings, methods=["POST"]),
         ]
         routes += _files_routes(prefix)
+        routes += _batches_routes(prefix)
+        routes += _stored_responses_routes(prefix)
     return HotRoutes(
         Starlette(
             routes=routes,

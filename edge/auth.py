@@ -4,8 +4,12 @@ While the edge is subscribed to auth's key events, a verified principal is
 trusted for `watched_ttl_s` (no auth call on the hot path) and dropped the
 moment auth says its key or team changed. When the subscription is down,
 nothing cached is trusted for longer than `ttl_s` (<= 1 s), so a revocation
-still reaches every edge within a second. If auth cannot be reached at all,
-requests fail closed (503).
+still reaches every edge within a second. "Down" includes a stream that is
+open but silent: auth sends READY only while its own event path (Redis) is
+live and a heartbeat after it, so an edge that misses heartbeats for
+HEARTBEAT_MISSES intervals stops trusting its cache and asks auth (which reads
+the database) for every key. If auth cannot be reached at all, requests fail
+closed (503).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aqueduct.auth.v1 import auth_pb2 as pb
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_CACHED_KEYS = 10_000
 VERIFY_TIMEOUT_S = 5.0
 RECONNECT_MAX_S = 2.0
+HEARTBEAT_MISSES = 3  # missed intervals before the stream counts as broken
+MAX_SILENCE_S = 0.9  # and never longer than this: revocation within 1 s
 
 
 def bearer_key(headers: Mapping[str, str]) -> str:
@@ -125,17 +131,37 @@ class Authenticator:
     async def _watch(self) -> None:
         delay = 0.05
         while True:
+            call = self.stub.WatchKeyEvents(pb.WatchKeyEventsRequest())
             try:
-                async for event in self.stub.WatchKeyEvents(pb.WatchKeyEventsRequest()):
-                    self._apply(event)
-                    delay = 0.05
+                await self._follow(call)
             except grpc.aio.AioRpcError as error:
                 log.warning("key event stream lost", extra={"code": error.code().name})
+            except TimeoutError:
+                log.warning("key event heartbeat missed; verifying every key with auth")
+            finally:
+                call.cancel()
+            if self.watching:  # this stream was live: come back quickly
+                delay = 0.05
             self._stop_trusting()
             await asyncio.sleep(delay)
             delay = min(RECONNECT_MAX_S, delay * 2)
 
+    async def _follow(self, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+        """Apply events until the stream ends; raise TimeoutError when a stream
+        that promised heartbeats falls silent (auth's event path is broken)."""
+        silence: float | None = None  # an older auth sends no heartbeats
+        while True:
+            async with asyncio.timeout(silence):
+                event = await call.read()
+            if not isinstance(event, pb.WatchKeyEventsResponse):  # EOF
+                return
+            if event.kind == pb.KEY_EVENT_KIND_READY and event.heartbeat_interval_ms:
+                silence = min(MAX_SILENCE_S, HEARTBEAT_MISSES * event.heartbeat_interval_ms / 1000)
+            self._apply(event)
+
     def _apply(self, event: pb.WatchKeyEventsResponse) -> None:
+        if event.kind == pb.KEY_EVENT_KIND_HEARTBEAT:
+            return  # nothing changed; its arrival is what keeps the trust
         self._generation += 1
         if event.kind == pb.KEY_EVENT_KIND_READY:
             self._cache.clear()  # whatever happened before READY is unknown

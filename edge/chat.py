@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aqueduct.inference.v1 import inference_pb2 as pb
 
+from core.estimates import chat_output_tokens, estimate_input_tokens
 from edge.chat_render import ChatWriter, completion_json
 from edge.chat_request import ChatCall, parse_chat_request
-from edge.limits import estimate_input_tokens
-from edge.pipeline import Estimate
+from edge.pipeline import Estimate, PlainRoute
 from edge.rendering import ChoiceText, Completion
 
 
-class ChatRoute:
+class ChatRoute(PlainRoute):
     id_prefix = "chatcmpl-"
     name = "/v1/chat/completions"
     operation = "chat"
@@ -20,12 +20,8 @@ class ChatRoute:
         return parse_chat_request(body)
 
     def estimate(self, parsed: ChatCall) -> Estimate:
-        sampling = parsed.request.sampling
-        return Estimate(
-            estimate_input_tokens(parsed.request),
-            # Every choice may run to max_tokens.
-            sampling.max_tokens * max(sampling.n, 1) if sampling.HasField("max_tokens") else None,
-        )
+        request = parsed.request
+        return Estimate(estimate_input_tokens(request), chat_output_tokens(request))
 
     def writer(self, parsed: ChatCall, meta: Completion) -> ChatWriter:
         sampling = parsed.request.sampling

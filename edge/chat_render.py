@@ -10,10 +10,12 @@ import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
 from core.enum_names import FINISH_REASONS
+from edge.errors import ApiError
 from edge.rendering import (
     ChoiceText,
     Completion,
     each_delta,
+    error_event,
     provider_field,
     shown,
     sse_chunk,
@@ -157,6 +159,9 @@ class ChatWriter:
             )
             for index, choice in each_delta(batch)
         )
+
+    def error(self, error: ApiError) -> bytes:
+        return error_event(error)
 
     def finish(self, summary: pb.Summary) -> bytes:
         events = [

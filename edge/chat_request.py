@@ -6,12 +6,15 @@ Checks every field this gateway honours and names the offending one in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from aqueduct.inference.v1 import inference_pb2 as pb
 
+from core.media import IMAGE_TYPES
 from edge.errors import invalid
 from edge.request_fields import (
     UNSUPPORTED_PARAMS,
@@ -27,6 +30,9 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_TOP_LOGPROBS = 20
 TOOL_CHOICES = frozenset({"none", "auto", "required"})
 MAX_TOOLS = 128
+IMAGE_DETAILS = frozenset({"auto", "low", "high"})
+AUDIO_FORMATS = frozenset({"wav", "mp3"})
+MAX_IMAGE_URL_CHARS = 8192  # a remote image's URL; data URLs are limited by size
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,40 @@ class FilePart:
 
 
 @dataclass(frozen=True)
+class ImageSegment:
+    """An `image_url` part: a remote URL (passed on as given, never fetched
+    here) or a data URL whose payload edge/file_parts.py decodes."""
+
+    param: str
+    url: str = ""  # a remote http(s) URL
+    media_type: str = ""  # a data URL's
+    base64_data: str = ""  # a data URL's payload, still encoded
+    detail: str = ""
+    # Where the URL itself was, if not `{param}.image_url.url` (a Responses
+    # API input_image has it in `image_url`).
+    url_param: str = ""
+
+
+@dataclass(frozen=True)
+class AudioSegment:
+    """An `input_audio` part; edge/file_parts.py decodes its data."""
+
+    param: str
+    base64_data: str
+    format: str
+
+
+Segment = str | FilePart | ImageSegment | AudioSegment
+
+
+@dataclass(frozen=True)
 class PendingContent:
-    """A message whose content has file parts: its parts in order, joined with
-    newlines into the message's content once every file part is text."""
+    """A message whose content has file, image or audio parts: its parts in
+    order. Once resolved, a message without images or audio gets its text
+    joined with newlines into `content`; one with them gets `parts`."""
 
     message_index: int
-    segments: tuple[str | FilePart, ...]
+    segments: tuple[Segment, ...]
     message: pb.ChatMessage  # the request's message, filled in when resolved
 
 
@@ -199,7 +233,7 @@ def _messages(body: dict[str, Any]) -> list[Any]:
 
 def _parse_message(
     index: int, message: object
-) -> tuple[pb.ChatMessage, tuple[str | FilePart, ...] | None]:
+) -> tuple[pb.ChatMessage, tuple[Segment, ...] | None]:
     where = f"messages[{index}]"
     if not isinstance(message, dict):
         raise invalid(where, f"'{where}' must be an object.", "invalid_type")
@@ -229,13 +263,13 @@ def _parse_message(
                 "missing_required_parameter",
             )
         extra["tool_call_id"] = call_id
-    if any(isinstance(segment, FilePart) for segment in segments):
+    if any(not isinstance(segment, str) for segment in segments):
         return pb.ChatMessage(role=role, name=name or "", **extra), segments
     content = "\n".join(segment for segment in segments if isinstance(segment, str))
     return pb.ChatMessage(role=role, content=content, name=name or "", **extra), None
 
 
-def _content_segments(where: str, role: str, content: object) -> tuple[str | FilePart, ...]:
+def _content_segments(where: str, role: str, content: object) -> tuple[Segment, ...]:
     param = f"{where}.content"
     if isinstance(content, str):
         return (content,)
@@ -249,18 +283,22 @@ def _content_segments(where: str, role: str, content: object) -> tuple[str | Fil
         raise invalid(
             param, f"'{param}' must be a string or an array of content parts.", "invalid_type"
         )
-    texts: list[str | FilePart] = []
+    texts: list[Segment] = []
     for i, part in enumerate(content):
         part_param = f"{param}[{i}]"
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise invalid(
                 part_param, f"'{part_param}' must be an object with a 'type'.", "invalid_type"
             )
-        if part["type"] == "file" and role == "user":
-            texts.append(_file_part(part_param, part))
+        if role == "user" and part["type"] in USER_PARTS:
+            texts.append(USER_PARTS[part["type"]](part_param, part))
             continue
         if part["type"] != "text":
-            allowed = "'text' and 'file' parts are" if role == "user" else "'text' parts are"
+            allowed = (
+                "'text', 'image_url', 'input_audio' and 'file' parts are"
+                if role == "user"
+                else "'text' parts are"
+            )
             raise invalid(
                 f"{part_param}.type",
                 f"Content parts of type '{part['type']}' are not supported in '{role}' "
@@ -308,6 +346,81 @@ def _file_part(param: str, part: dict[str, Any]) -> FilePart:
             f"'{param}.file.file_data' must be a data URL: 'data:<media type>;base64,<data>'.",
         )
     return FilePart(param=param, filename=filename, media_type=media, base64_data=payload)
+
+
+def _image_part(param: str, part: dict[str, Any]) -> ImageSegment:
+    """Check an `image_url` part; a data URL's payload is decoded in edge/file_parts.py."""
+    image = part.get("image_url")
+    if not isinstance(image, dict):
+        raise invalid(
+            f"{param}.image_url", f"'{param}.image_url' must be an object.", "invalid_type"
+        )
+    where = f"{param}.image_url.url"
+    url = image.get("url")
+    if not isinstance(url, str) or not url:
+        raise invalid(where, f"'{where}' is required: a URL or a data URL.", "invalid_type")
+    detail = image.get("detail")
+    if detail is not None and detail not in IMAGE_DETAILS:
+        raise invalid(
+            f"{param}.image_url.detail",
+            f"'{param}.image_url.detail' must be one of auto, high, low.",
+        )
+    if url.startswith("data:"):
+        media, payload = _data_url(url)
+        if payload is None:
+            raise invalid(
+                where, f"'{where}' is not a valid data URL: 'data:<image type>;base64,<data>'."
+            )
+        if media not in IMAGE_TYPES:
+            raise invalid(
+                where,
+                f"'{where}' has media type '{media[:100]}'; images must be one of "
+                f"{', '.join(IMAGE_TYPES)}.",
+                "unsupported_media_type",
+            )
+        return ImageSegment(param, media_type=media, base64_data=payload, detail=detail or "")
+    if len(url) > MAX_IMAGE_URL_CHARS:
+        raise invalid(
+            where, f"'{where}' is {len(url)} characters long; the limit is {MAX_IMAGE_URL_CHARS}."
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise invalid(where, f"'{where}' must be an http(s) URL or a data URL.")
+    return ImageSegment(param, url=url, detail=detail or "")
+
+
+def _audio_part(param: str, part: dict[str, Any]) -> AudioSegment:
+    """Check an `input_audio` part; its data is decoded in edge/file_parts.py."""
+    audio = part.get("input_audio")
+    if not isinstance(audio, dict):
+        raise invalid(
+            f"{param}.input_audio", f"'{param}.input_audio' must be an object.", "invalid_type"
+        )
+    data, audio_format = audio.get("data"), audio.get("format")
+    if not isinstance(data, str) or not data:
+        raise invalid(
+            f"{param}.input_audio.data",
+            f"'{param}.input_audio.data' is required: base64-encoded audio.",
+            "invalid_type",
+        )
+    if audio_format not in AUDIO_FORMATS:
+        raise invalid(
+            f"{param}.input_audio.format",
+            f"'{param}.input_audio.format' must be one of {', '.join(sorted(AUDIO_FORMATS))}.",
+            "unsupported_media_type",
+        )
+    return AudioSegment(param, data, str(audio_format))
+
+
+USER_PARTS: dict[str, Callable[[str, dict[str, Any]], Segment]] = {
+    "file": _file_part,
+    "image_url": _image_part,
+    "input_audio": _audio_part,
+}
 
 
 def _data_url(value: object) -> tuple[str, str | None]:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from aqueduct.inference.v1 import inference_pb2 as pb
 
+from core.estimates import completion_output_tokens, estimate_completion_input_tokens
 from edge.completions_protocol import (
     CompletionCall,
     CompletionWriter,
     completion_json,
     parse_completion_request,
 )
-from edge.limits import estimate_completion_input_tokens
-from edge.pipeline import Estimate
+from edge.pipeline import Estimate, PlainRoute
 from edge.rendering import ChoiceText, Completion
 
 
-class CompletionsRoute:
+class CompletionsRoute(PlainRoute):
     id_prefix = "cmpl-"
     name = "/v1/completions"
     operation = "text_completion"
@@ -25,10 +25,8 @@ class CompletionsRoute:
 
     def estimate(self, parsed: CompletionCall) -> Estimate:
         request = parsed.request
-        # Every candidate of every prompt may run to max_tokens.
-        candidates = max(request.best_of, request.sampling.n, 1) * len(request.prompts)
         return Estimate(
-            estimate_completion_input_tokens(request), request.sampling.max_tokens * candidates
+            estimate_completion_input_tokens(request), completion_output_tokens(request)
         )
 
     def writer(self, parsed: CompletionCall, meta: Completion) -> CompletionWriter:

@@ -15,11 +15,12 @@ from aqueduct.inference.v1 import inference_pb2 as pb
 
 from core.enum_names import FINISH_REASONS
 from edge.chat_request import PendingContent
-from edge.errors import invalid
+from edge.errors import ApiError, invalid
 from edge.rendering import (
     ChoiceText,
     Completion,
     each_delta,
+    error_event,
     provider_field,
     sse_chunk,
     usage_json,
@@ -251,6 +252,9 @@ class CompletionWriter:
                 )
             )
         return b"".join(events)
+
+    def error(self, error: ApiError) -> bytes:
+        return error_event(error)
 
     def finish(self, summary: pb.Summary) -> bytes:
         empty = ChoiceLogprobs().json()

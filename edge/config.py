@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.config import env, env_float, env_int, service_addresses
+from core.tls import TlsFiles, tls_from_env
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,29 @@ class HttpLimits:
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    """The batch worker each edge runs (edge/batch_worker.py)."""
+
+    enabled: bool = True
+    concurrency: int = 4  # lines of one batch in flight at once
+    # A batch line starts only while fewer live requests than this are in flight.
+    live_threshold: int = 8
+    lease_s: float = 60.0  # a dead edge's batch is taken over after this
+    poll_s: float = 1.0  # how often an idle worker looks for a batch
+    # At shutdown, running lines get this long to end (within `make run`'s 20 s for the edge).
+    stop_grace_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> BatchSettings:
+        return cls(
+            enabled=env("AQUEDUCT_BATCH_WORKER", "on").lower() not in ("off", "0", "false"),
+            concurrency=env_int("AQUEDUCT_BATCH_CONCURRENCY", 4, minimum=1),
+            live_threshold=env_int("AQUEDUCT_BATCH_LIVE_THRESHOLD", 8, minimum=1),
+            lease_s=env_float("AQUEDUCT_BATCH_LEASE_S", 60.0, minimum=1.0),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str
     port: int
@@ -49,6 +73,13 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     http: HttpLimits = HttpLimits()
+    # mTLS to the services (AQUEDUCT_TLS_*; the edge's certificate CN is `edge`);
+    # None: plaintext.
+    tls: TlsFiles | None = None
+    batch: BatchSettings = BatchSettings()
+    # `make run`'s edge worker number (1..n, AQUEDUCT_EDGE_WORKER) when several
+    # share the HTTP port; 0: the only edge, bound the ordinary way.
+    worker: int = 0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,4 +99,7 @@ class Settings:
             metrics_port=env_int("AQUEDUCT_METRICS_PORT", 0, minimum=0) or None,
             metrics_host=env("AQUEDUCT_METRICS_HOST", env("AQUEDUCT_HTTP_HOST", "127.0.0.1")),
             http=HttpLimits.from_env(),
+            tls=tls_from_env(),
+            batch=BatchSettings.from_env(),
+            worker=env_int("AQUEDUCT_EDGE_WORKER", 0),
         )

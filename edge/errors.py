@@ -9,32 +9,9 @@ from collections.abc import Mapping
 import grpc
 import orjson
 
-from core.status import error_info
+from core.status import GRPC_TO_HTTP, INTERNAL, by_reason, error_info
 
 log = logging.getLogger(__name__)
-
-# gRPC status -> (HTTP status, OpenAI error type). ARCHITECTURE.md's map.
-GRPC_TO_HTTP: Mapping[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
-    grpc.StatusCode.FAILED_PRECONDITION: (422, "unprocessable_entity_error"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable_error"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error"),
-}
-INTERNAL = (500, "server_error")
-# Reasons answered with another HTTP status than their gRPC code's row: an
-# upstream that failed or sent garbage is 502 Bad Gateway (gRPC has no such code).
-REASON_TO_HTTP: Mapping[str, tuple[int, str]] = {
-    "UPSTREAM_ERROR": (502, "server_error"),
-    "UPSTREAM_BAD_RESPONSE": (502, "server_error"),
-}
-# Reasons answered with the upstream's own 4xx status (ErrorInfo metadata `http_status`).
-UPSTREAM_STATUS_REASONS = frozenset({"UPSTREAM_REJECTED", "UPSTREAM_RATE_LIMITED"})
-HTTP_TYPES: Mapping[int, str] = {status: type_ for status, type_ in GRPC_TO_HTTP.values()}
 
 
 class ApiError(Exception):
@@ -120,16 +97,6 @@ def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> ApiError:
         code=info.reason.lower() if info else None,
         headers=rate_limit_headers(info.metadata) if info else None,
     )
-
-
-def by_reason(reason: str, details: Mapping[str, str], mapped: tuple[int, str]) -> tuple[int, str]:
-    """The (HTTP status, type) for a reason that overrides its gRPC code's row."""
-    if reason in REASON_TO_HTTP:
-        return REASON_TO_HTTP[reason]
-    upstream = details.get("http_status", "")
-    if reason in UPSTREAM_STATUS_REASONS and upstream.isdigit() and 400 <= int(upstream) < 500:
-        return int(upstream), HTTP_TYPES.get(int(upstream), "invalid_request_error")
-    return mapped
 
 
 # OpenAI sends all six `x-ratelimit-*` headers on every answer; a dimension

@@ -1,13 +1,14 @@
-"""Turn the `file` parts of a chat request into text the model reads.
+"""Turn the file, image and audio parts of a chat request into what inference takes.
 
 Called once per chat request, between parsing and inference. Limits come first
-(every part's decoded size, then all parts together), before any file is read;
-then every part is extracted by the files service (stored files by id, scoped to
-the key's team; inline files as bytes) and its message's content becomes the
-text parts and the files' text, in order, each file under a header that names
-it. Images become image_url parts, which no model behind this gateway accepts
-yet (inference messages carry text only), so they are refused with a 400 rather
-than dropped.
+(every inline part's decoded size, then all of them together), before any file
+is read; then every file part is extracted by the files service (stored files
+by id, scoped to the key's team; inline files as bytes), and every data URL and
+audio part is decoded. A message whose parts are all text after that gets them
+joined into its content, each file under a header that names it; a message with
+an image (an image_url part, or a file part whose bytes are an image) or audio
+keeps its parts, images and audio as bytes. Whether the model takes them is
+inference's call (the models file's `capabilities`), not the edge's.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 from aqueduct.files.v1 import files_pb2 as pb
+from aqueduct.inference.v1 import inference_pb2 as inference_pb
 
 from core import tracing
-from edge.chat_request import FilePart, PendingContent
+from core.media import image_type
+from edge.chat_request import AudioSegment, FilePart, ImageSegment, PendingContent, Segment
 from edge.errors import ApiError, from_rpc_error, invalid
 from edge.path_ids import SAFE_ID, not_found
 
@@ -38,17 +41,12 @@ DECODE_IN_THREAD_BYTES = 256 * 1024
 
 @dataclass(frozen=True)
 class _Sized:
-    part: FilePart
+    part: FilePart | ImageSegment | AudioSegment
     filename: str
-    size: int
+    size: int  # decoded bytes; 0 for a remote image URL (not fetched, not counted)
 
 
-@dataclass(frozen=True)
-class ImageUrlPart:
-    """An image file part as the model would get it: an image_url data URL."""
-
-    url: str
-    filename: str
+Resolved = str | inference_pb.ImagePart | inference_pb.AudioPart
 
 
 def render_text(filename: str, text: str) -> str:
@@ -78,30 +76,33 @@ class FilePartResolver:
     async def resolve(
         self, pending: Sequence[PendingContent], model: str, team: str, request_id: str
     ) -> None:
-        """Fill in the content of every message that has file parts."""
+        """Fill in the content (or parts) of every message with non-text parts."""
         if not pending:
             return
         metadata = tracing.call_metadata(request_id)
-        parts = [s for p in pending for s in p.segments if isinstance(s, FilePart)]
+        parts = [s for p in pending for s in p.segments if not isinstance(s, str)]
         sized = await asyncio.gather(*(self._size(part, team, metadata) for part in parts))
         self._check_limits(sized)
-        contents = await asyncio.gather(*(self._extract(s, team, metadata) for s in sized))
+        contents = await asyncio.gather(*(self._content(s, team, metadata) for s in sized))
         resolved = {id(s.part): content for s, content in zip(sized, contents, strict=True)}
         for content_of in pending:
-            texts = []
-            for segment in content_of.segments:
-                if isinstance(segment, str):
-                    texts.append(segment)
-                    continue
-                content = resolved[id(segment)]
-                if isinstance(content, ImageUrlPart):
-                    raise _image_refused(segment, content.filename, model)
-                texts.append(content)
-            content_of.message.content = "\n".join(texts)
+            items = [_text_or(resolved, segment) for segment in content_of.segments]
+            texts = [item for item in items if isinstance(item, str)]
+            if len(texts) == len(items):
+                content_of.message.content = "\n".join(texts)
+                continue
+            content_of.message.parts.extend(_content_part(item) for item in items)
 
     async def _size(
-        self, part: FilePart, team: str, metadata: tuple[tuple[str, str], ...]
+        self,
+        part: FilePart | ImageSegment | AudioSegment,
+        team: str,
+        metadata: tuple[tuple[str, str], ...],
     ) -> _Sized:
+        if isinstance(part, ImageSegment):
+            return _Sized(part, "image", _decoded_size(part.base64_data))
+        if isinstance(part, AudioSegment):
+            return _Sized(part, "audio", _decoded_size(part.base64_data))
         if part.file_id is None:
             return _Sized(part, part.filename or "file", _decoded_size(part.base64_data))
         if not SAFE_ID.fullmatch(part.file_id):  # no such file; and not sent to be echoed back
@@ -117,34 +118,44 @@ class FilePartResolver:
         return _Sized(part, part.filename or answer.file.filename, answer.file.bytes)
 
     def _check_limits(self, sized: list[_Sized]) -> None:
+        """One limit per inline part, one for all of a request's inline parts
+        (file, image and audio data alike)."""
         total = 0
         for item in sized:
+            param, what = _described(item)
             if item.size > self.max_part_bytes:
                 raise invalid(
-                    f"{item.part.param}.file",
-                    f"File '{item.filename}' in {item.part.param} is {_size_text(item.size)}; "
-                    f"the limit for one file part is {self.max_part_bytes // MB} MB.",
+                    param,
+                    f"{what} in {item.part.param} is {_size_text(item.size)}; "
+                    f"the limit for one file, image or audio part is "
+                    f"{self.max_part_bytes // MB} MB.",
                     "file_too_large",
                 )
             total += item.size
             if total > self.max_total_bytes:
                 raise invalid(
-                    f"{item.part.param}.file",
-                    f"File parts add up to {_size_text(total)} with file '{item.filename}' "
-                    f"in {item.part.param}; the limit for all file parts of one request is "
-                    f"{self.max_total_bytes // MB} MB.",
+                    param,
+                    f"File, image and audio parts add up to {_size_text(total)} with "
+                    f"{what[0].lower()}{what[1:]} in {item.part.param}; the limit for all of "
+                    f"them in one request is {self.max_total_bytes // MB} MB.",
                     "file_parts_too_large",
                 )
 
-    async def _extract(
+    async def _content(
         self, item: _Sized, team: str, metadata: tuple[tuple[str, str], ...]
-    ) -> str | ImageUrlPart:
+    ) -> Resolved:
         part = item.part
+        if isinstance(part, ImageSegment):
+            return await _image(part, item.size)
+        if isinstance(part, AudioSegment):
+            data = await _decode(part.base64_data, item.size, f"{part.param}.input_audio.data")
+            _check_audio(part, data)
+            return inference_pb.AudioPart(data=data, format=part.format)
         if part.file_id is not None:
             request = pb.ExtractFileContentRequest(team=team, file_id=part.file_id)
             param = f"{part.param}.file.file_id"
         else:
-            data = await _decode(part, item.size)
+            data = await _decode(part.base64_data, item.size, f"{part.param}.file.file_data")
             request = pb.ExtractFileContentRequest(
                 team=team,
                 inline=pb.InlineFile(
@@ -159,21 +170,71 @@ class FilePartResolver:
         except grpc.aio.AioRpcError as error:
             raise _for_part(error, param) from None
         if answer.HasField("image_data_url"):
-            return ImageUrlPart(answer.image_data_url, item.filename)
+            # The files service found an image by its bytes: it goes on as one.
+            media, _, payload = answer.image_data_url.removeprefix("data:").partition(";base64,")
+            data = await _decode(payload, len(payload) * 3 // 4, param)
+            return inference_pb.ImagePart(data=data, media_type=media, filename=item.filename)
         return render_text(item.filename, answer.text)
 
 
-async def _decode(part: FilePart, size: int) -> bytes:
-    payload = part.base64_data.strip()
+async def _image(part: ImageSegment, size: int) -> inference_pb.ImagePart:
+    if part.url:  # passed on as given: never fetched here
+        return inference_pb.ImagePart(url=part.url, detail=part.detail)
+    param = part.url_param or f"{part.param}.image_url.url"
+    data = await _decode(part.base64_data, size, param)
+    if image_type(data) is None:
+        raise invalid(
+            param,
+            f"The data URL in '{param}' is not a PNG, JPEG, WebP or GIF image.",
+            "unsupported_media_type",
+        )
+    return inference_pb.ImagePart(data=data, media_type=part.media_type, detail=part.detail)
+
+
+def _check_audio(part: AudioSegment, data: bytes) -> None:
+    """The bytes must be what `format` says (a WAV or an MP3 header)."""
+    if part.format == "wav":
+        ok = data[:4] == b"RIFF" and data[8:12] == b"WAVE"
+    else:  # mp3: an ID3 tag, or an MPEG audio frame sync
+        ok = data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0)
+    if not ok:
+        raise invalid(
+            f"{part.param}.input_audio.data",
+            f"'{part.param}.input_audio.data' is not {part.format.upper()} audio.",
+            "unsupported_media_type",
+        )
+
+
+def _described(item: _Sized) -> tuple[str, str]:
+    """(param, how a message names it) for a part's size errors."""
+    part = item.part
+    if isinstance(part, ImageSegment):
+        return f"{part.param}.image_url.url", "The image"
+    if isinstance(part, AudioSegment):
+        return f"{part.param}.input_audio.data", "The audio"
+    return f"{part.param}.file", f"File '{item.filename}'"
+
+
+def _text_or(resolved: dict[int, Resolved], segment: Segment) -> Resolved:
+    return segment if isinstance(segment, str) else resolved[id(segment)]
+
+
+def _content_part(item: Resolved) -> inference_pb.ContentPart:
+    if isinstance(item, str):
+        return inference_pb.ContentPart(text=item)
+    if isinstance(item, inference_pb.ImagePart):
+        return inference_pb.ContentPart(image=item)
+    return inference_pb.ContentPart(audio=item)
+
+
+async def _decode(payload: str, size: int, param: str) -> bytes:
+    payload = payload.strip()
     try:
         if size > DECODE_IN_THREAD_BYTES:
             return await asyncio.to_thread(base64.b64decode, payload, validate=True)
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise invalid(
-            f"{part.param}.file.file_data",
-            f"'{part.param}.file.file_data' is not valid base64.",
-        ) from None
+        raise invalid(param, f"'{param}' is not valid base64.") from None
 
 
 def _for_part(error: grpc.aio.AioRpcError, param: str) -> ApiError:
@@ -182,12 +243,3 @@ def _for_part(error: grpc.aio.AioRpcError, param: str) -> ApiError:
     if mapped.status in (400, 404):
         mapped.param = param
     return mapped
-
-
-def _image_refused(part: FilePart, filename: str, model: str) -> ApiError:
-    return invalid(
-        f"{part.param}.file",
-        f"File '{filename}' in {part.param} is an image; it would reach the model as an "
-        f"image_url part, but model '{model}' reads text only.",
-        "unsupported_content_type",
-    )

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from core.enum_names import FILE_PURPOSES
 from edge.auth import Authenticator
 from edge.errors import ApiError, from_rpc_error, invalid
-from edge.http import json_response, request_id, until_disconnect
+from edge.http import json_response, list_response, page_limit, request_id, until_disconnect
 from edge.path_ids import generated_id
 
 if TYPE_CHECKING:
@@ -117,11 +117,9 @@ class FilesApi:
         listing = pb.ListFilesRequest(team=team, after=query.get("after", ""))
         if query.get("purpose"):
             listing.purpose = _purpose(query["purpose"])
-        limit = query.get("limit")
+        limit = page_limit(query.get("limit"), 10_000)
         if limit is not None:
-            if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
-                raise invalid("limit", "'limit' must be an integer between 1 and 10000.")
-            listing.limit = int(limit)
+            listing.limit = limit
         order = query.get("order", "desc")
         if order not in ("asc", "desc"):
             raise invalid("order", f"'order' must be 'asc' or 'desc'; got '{order[:16]}'.")
@@ -130,17 +128,7 @@ class FilesApi:
             page = await self.files.ListFiles(listing, timeout=CALL_TIMEOUT_S, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             raise _rpc_error(error) from None
-        data = [file_json(f) for f in page.files]
-        return json_response(
-            {
-                "object": "list",
-                "data": data,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "has_more": page.has_more,
-            },
-            headers={"x-request-id": request_id(request)},
-        )
+        return list_response([file_json(f) for f in page.files], page.has_more, request_id(request))
 
     async def retrieve(self, request: Request) -> Response:
         team, metadata = await self._team(request)
@@ -348,6 +336,8 @@ class MultipartUpload:
 
     def _metadata(self) -> pb.UploadFileMetadata:
         purpose = _purpose(self._text("purpose"))
+        if purpose == pb.FILE_PURPOSE_BATCH_OUTPUT:  # only batches write these
+            raise invalid("purpose", "Files with purpose 'batch_output' are written by batches.")
         metadata = pb.UploadFileMetadata(
             team=self.team,
             filename=self.file_name or "",

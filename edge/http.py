@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from core.request_id import REQUEST_ID, sane_request_id
-from edge.errors import ApiError
+from edge.errors import ApiError, invalid
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +38,29 @@ def json_response(
 ) -> Response:
     body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def page_limit(value: str | None, maximum: int) -> int | None:
+    """A list route's `limit` query parameter, 1 to `maximum`; None when absent."""
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        raise invalid("limit", f"'limit' must be an integer between 1 and {maximum}.")
+    return int(value)
+
+
+def list_response(data: list[dict[str, Any]], has_more: bool, rid: str) -> Response:
+    """One page of a list route, in OpenAI's shape."""
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        },
+        headers={"x-request-id": rid},
+    )
 
 
 def error_response(error: ApiError, request: Request) -> Response:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.metric_cells import Counters, Histograms
 from edge.auth import Authenticator
 from edge.limits import Limiter, Usage
 from edge.readiness import Readiness
@@ -61,45 +62,45 @@ class EdgeMetrics:
         self.model = BoundedLabel()
         self.team = BoundedLabel()
         r = self.registry
-        self.requests = Counter(
+        self.requests = Counters(
             "aqueduct_requests",
             "Requests answered, by route, model, status class and team.",
             ["route", "model", "status_class", "team"],
-            registry=r,
+            r,
         )
-        self.duration = Histogram(
+        self.duration = Histograms(
             "gen_ai_server_request_duration_seconds",
             "Time from the request's arrival to its last byte (admitted requests).",
             ["gen_ai_operation_name", "gen_ai_request_model", "error_type"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
+            r,
         )
-        self.ttft = Histogram(
+        self.ttft = Histograms(
             "gen_ai_server_time_to_first_token_seconds",
             "Time from the request's arrival to its first token.",
             ["gen_ai_operation_name", "gen_ai_request_model"],
-            buckets=TTFT_BUCKETS,
-            registry=r,
+            TTFT_BUCKETS,
+            r,
         )
-        self.tpot = Histogram(
+        self.tpot = Histograms(
             "gen_ai_server_time_per_output_token_seconds",
             "Time per output token after the first.",
             ["gen_ai_operation_name", "gen_ai_request_model"],
-            buckets=TPOT_BUCKETS,
-            registry=r,
+            TPOT_BUCKETS,
+            r,
         )
-        self.token_usage = Histogram(
+        self.token_usage = Histograms(
             "gen_ai_client_token_usage",
             "Tokens per request, by type (input, output).",
             ["gen_ai_operation_name", "gen_ai_request_model", "gen_ai_token_type"],
-            buckets=TOKEN_BUCKETS,
-            registry=r,
+            TOKEN_BUCKETS,
+            r,
         )
-        self.tokens = Counter(
+        self.tokens = Counters(
             "aqueduct_tokens",
             "Tokens used, by model, team and type (input, output).",
             ["model", "team", "type"],
-            registry=r,
+            r,
         )
 
     def watch(self, authenticator: Authenticator, limiter: Limiter, readiness: Readiness) -> None:
@@ -167,23 +168,33 @@ class _EdgeState(Collector):
         for labels, count in by_team.items():
             limited.add_metric(list(labels), count)
         yield limited
-        settles = self.limiter.settles
         yield GaugeMetricFamily(
             "aqueduct_settles_pending",
             "Settles (limits back, ledger rows) waiting for auth to take them.",
-            value=settles.pending,
+            value=self.limiter.settles_pending,
         )
         up = GaugeMetricFamily(
             "aqueduct_dependency_up",
-            "1 while a store behind a service answers (auth.limits: Redis, auth.database), "
-            "as that service's health reports it; polled every 2 s.",
+            "1 while a service the edge calls (auth, files, inference) is SERVING, or a "
+            "store behind one answers (auth.limits: Redis, auth.database) as that "
+            "service's health reports it; polled every 2 s.",
             labels=["dependency"],
         )
-        for name, state in sorted(self.readiness.stores.items()):
+        readiness = self.readiness
+        for name, state in sorted({**readiness.services, **readiness.stores}.items()):
             up.add_metric([name], float(state == "SERVING"))
         yield up
+        changes = CounterMetricFamily(
+            "aqueduct_dependency_transitions",
+            "Changes of a service's or store's state as the edge polls it, by the state "
+            "it changed to (SERVING, NOT_SERVING, UNAVAILABLE: unreachable, ...).",
+            labels=["dependency", "to"],
+        )
+        for (name, state), count in sorted(readiness.transitions.items()):
+            changes.add_metric([name, state], count)
+        yield changes
         yield CounterMetricFamily(
             "aqueduct_settles_dropped",
             "Settles dropped because auth was unreachable and the queue was full.",
-            value=settles.dropped,
+            value=self.limiter.settles_dropped,
         )

@@ -78,6 +78,42 @@ CONTENT_PART = {
                 },
             },
         },
+        {
+            "type": "object",
+            "required": ["type", "image_url"],
+            "description": "User messages; models with the `vision` capability.",
+            "properties": {
+                "type": {"const": "image_url"},
+                "image_url": {
+                    "type": "object",
+                    "required": ["url"],
+                    "properties": {
+                        "url": {
+                            "type": "string",
+                            "description": "http(s) URL (passed on, not fetched) or "
+                            "data:image/{png,jpeg,webp,gif};base64,…",
+                        },
+                        "detail": {"enum": ["auto", "low", "high"]},
+                    },
+                },
+            },
+        },
+        {
+            "type": "object",
+            "required": ["type", "input_audio"],
+            "description": "User messages; models with the `audio` capability.",
+            "properties": {
+                "type": {"const": "input_audio"},
+                "input_audio": {
+                    "type": "object",
+                    "required": ["data", "format"],
+                    "properties": {
+                        "data": {"type": "string", "description": "base64"},
+                        "format": {"enum": ["wav", "mp3"]},
+                    },
+                },
+            },
+        },
     ]
 }
 MESSAGE = {
@@ -236,6 +272,23 @@ ERRORS = {
 }
 
 
+BATCH_REQUEST = {
+    "type": "object",
+    "required": ["input_file_id", "endpoint", "completion_window"],
+    "properties": {
+        "input_file_id": {"type": "string", "minLength": 1},
+        "endpoint": {"enum": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]},
+        "completion_window": {"enum": ["24h"]},
+        "metadata": {
+            "type": "object",
+            "maxProperties": 16,
+            "additionalProperties": {"type": "string", "maxLength": 512},
+        },
+    },
+    "additionalProperties": False,
+}
+
+
 def _json_body(schema: Json) -> Json:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
@@ -273,6 +326,71 @@ def _event_stream(chunk: str) -> Json:
             '`data: {"error": ...}` event (components.schemas.Error) and the stream ends.'
         ),
     }
+
+
+RESPONSE_ITEM = {"type": "object", "description": "An input item (OpenAI's InputItem)"}
+RESPONSES_REQUEST: Json = {
+    "type": "object",
+    "required": ["model", "input"],
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string"},
+        "input": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": RESPONSE_ITEM,
+                    "description": "message items (input_text, input_file, input_image "
+                    "parts), function_call and function_call_output items",
+                },
+            ]
+        },
+        "instructions": {"type": "string"},
+        "max_output_tokens": {"type": "integer", "minimum": 1},
+        "temperature": SAMPLING["temperature"],
+        "top_p": SAMPLING["top_p"],
+        "tools": {"type": "array", "items": {"type": "object"}, "description": "function tools"},
+        "tool_choice": {"oneOf": [{"enum": ["none", "auto", "required"]}, {"type": "object"}]},
+        "parallel_tool_calls": {"type": "boolean"},
+        "text": {
+            "type": "object",
+            "properties": {"format": {"type": "object"}},
+            "description": "format: text, json_object or json_schema",
+        },
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "user": {"type": "string"},
+        "store": {"type": "boolean", "default": True},
+        "stream": {"type": "boolean"},
+        "previous_response_id": {"type": "string"},
+        "background": {"const": False},
+        "include": {"type": "array", "maxItems": 0},
+        "truncation": {"const": "disabled"},
+        "models": SAMPLING["models"],
+    },
+}
+RESPONSES_STREAM = {
+    "type": "string",
+    "pattern": r"^(event: [a-z_.]+\ndata: [^\n]+\n\n)+$",
+    "description": (
+        "Server-Sent Events: OpenAI's semantic events (ResponseStreamEvent), each "
+        "`event: <type>` and `data: <JSON>` with its sequence_number: response.created, "
+        "response.in_progress, response.output_item.added, response.content_part.added, "
+        "response.output_text.delta…, response.output_text.done, response.content_part.done, "
+        "response.output_item.done (function_call items: "
+        "response.function_call_arguments.delta/done), then response.completed or "
+        "response.incomplete; an error after the stream began is one `error` event."
+    ),
+}
+
+
+def _responses_op() -> Json:
+    operation = _op(
+        "Create a response (JSON or SSE)", _json_body(RESPONSES_REQUEST), ok="OpenAI's Response"
+    )
+    operation["responses"]["200"]["content"]["text/event-stream"] = {"schema": RESPONSES_STREAM}
+    return operation
 
 
 def _path_param(name: str) -> Json:
@@ -328,6 +446,20 @@ def document() -> Json:
                 ok="OpenAI's CreateEmbeddingResponse",
             )
         },
+        "/v1/responses": {"post": _responses_op()},
+        "/v1/responses/{response_id}": {
+            "get": {**_op("A stored response"), "parameters": [_path_param("response_id")]},
+            "delete": {
+                **_op("Delete a stored response"),
+                "parameters": [_path_param("response_id")],
+            },
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "get": {
+                **_op("A stored response's input items, paged (ResponseItemList)"),
+                "parameters": [_path_param("response_id")],
+            }
+        },
         "/v1/models": {"get": _op("Models this key may use")},
         "/v1/models/{model_id}": {
             "get": {**_op("One model"), "parameters": [_path_param("model_id")]}
@@ -339,6 +471,32 @@ def document() -> Json:
         },
         "/v1/files/{file_id}/content": {
             "get": {**_op("File bytes"), "parameters": [_path_param("file_id")]}
+        },
+        "/v1/batches": {
+            "post": _op("Create a batch", _json_body(BATCH_REQUEST), ok="OpenAI's Batch"),
+            "get": {
+                **_op("List the team's batches", ok="OpenAI's ListBatchesResponse"),
+                "parameters": [
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                ],
+            },
+        },
+        "/v1/batches/{batch_id}": {
+            "get": {
+                **_op("One batch", ok="OpenAI's Batch"),
+                "parameters": [_path_param("batch_id")],
+            }
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "post": {
+                **_op("Cancel a batch", ok="OpenAI's Batch"),
+                "parameters": [_path_param("batch_id")],
+            }
         },
         "/v1/admin/keys": {
             "post": _op("Create a key (admin)", _json_body({**KEY_BODY, "required": ["name"]})),
@@ -377,9 +535,36 @@ def document() -> Json:
                         ("key_id", {"type": "string"}),
                         ("team", {"type": "string"}),
                         ("model", {"type": "string"}),
+                        ("batch_id", {"type": "string"}),
                         ("since", {"type": "number"}),
                         ("until", {"type": "number"}),
                         ("group_by", {"enum": ["key", "model", "team"]}),
+                    )
+                ],
+            }
+        },
+        "/v1/console/session": {"get": _op("The key's own identity, team and limits (any key)")},
+        "/v1/console/keys": {
+            "get": {
+                **_op("Keys of the caller's team, without secrets (admin: every key)"),
+                "parameters": [{"name": "team", "in": "query", "schema": {"type": "string"}}],
+            }
+        },
+        "/v1/console/models": {
+            "get": _op("The key's models with capabilities, backend and upstream health")
+        },
+        "/v1/console/usage": {
+            "get": {
+                **_op("The usage dashboard's report, scoped to the caller's team (any key)"),
+                "parameters": [
+                    {"name": n, "in": "query", "schema": s}
+                    for n, s in (
+                        ("since", {"type": "number"}),
+                        ("until", {"type": "number"}),
+                        ("bucket", {"enum": ["minute", "hour", "day"]}),
+                        ("team", {"type": "string"}),
+                        ("key_id", {"type": "string"}),
+                        ("top", {"type": "integer", "minimum": 1, "maximum": 100}),
                     )
                 ],
             }

@@ -17,6 +17,9 @@ calls after its own, longer limit), and one that the service closed before
 reading the request (that limit, its shutdown, or opened while it drained) is
 replaced by a plain call.
 
+A request that does not stream needs none of this: it goes on the unary
+method (ChatCompletion, Completion), whose one answer holds all its text.
+
 The prepared methods have their own message types (the contract gives every
 method its own), built so that the edge sends and reads the plain method's
 messages on them at no extra cost: see prepared_method.
@@ -66,6 +69,20 @@ def prepared_method(
     )
 
 
+def whole_method(
+    channel: grpc.aio.Channel, name: str, response: type[Resp]
+) -> grpc.aio.UnaryUnaryMultiCallable[Any, Resp]:
+    """The InferenceService method `name` (a unary one: ChatCompletion,
+    Completion), sent the plain request as its request's field 1 (see
+    prepared_method)."""
+    method = SERVICE.methods_by_name[name]
+    return channel.unary_unary(
+        f"/{SERVICE.full_name}/{method.name}",
+        request_serializer=as_field_1,
+        response_deserializer=response.FromString,  # type: ignore[attr-defined]
+    )
+
+
 def as_field_1(request: Message) -> bytes:
     """The encoding of a message whose field 1 is `request`."""
     body = request.SerializeToString()
@@ -78,17 +95,20 @@ def as_field_1(request: Message) -> bytes:
 
 
 class GenerationCalls(Generic[Req, Resp]):
-    """Calls to one generation method: prepared ones kept ready, plain ones else."""
+    """Calls to one generation method: prepared ones kept ready, plain ones else;
+    a request that does not stream goes on the unary method, when there is one."""
 
     def __init__(
         self,
         prepared: grpc.aio.StreamStreamMultiCallable[Req, Resp],
         plain: grpc.aio.UnaryStreamMultiCallable[Req, Resp],
+        whole: grpc.aio.UnaryUnaryMultiCallable[Req, Any] | None = None,
         max_spares: int = MAX_SPARES,
         max_age_s: float = MAX_AGE_S,
     ) -> None:
         self._prepared = prepared
         self.plain = plain
+        self.whole = whole  # None once the service answers UNIMPLEMENTED (older)
         self.max_spares = max_spares
         self.max_age_s = max_age_s
         self._spares: collections.deque[tuple[float, grpc.aio.StreamStreamCall[Req, Resp]]] = (
@@ -101,8 +121,17 @@ class GenerationCalls(Generic[Req, Resp]):
         """Prepared calls kept now (some may have ended unseen)."""
         return len(self._spares)
 
-    async def start(self, request: Req) -> GenerationCall[Req, Resp]:
-        """The request under way: on a prepared call if one is ready."""
+    async def start(
+        self, request: Req, stream: bool = True
+    ) -> GenerationCall[Req, Resp] | WholeCall[Req, Resp]:
+        """The request under way: its whole answer on the unary method if it does
+        not stream, else on a prepared call if one is ready."""
+        if not stream and self.whole is not None:
+            return WholeCall(self, request, self.whole)
+        return await self.start_stream(request)
+
+    async def start_stream(self, request: Req) -> GenerationCall[Req, Resp]:
+        """The request on a stream: a prepared call if one is ready, else a plain one."""
         self.running += 1
         spare = self._take()
         if spare is not None:
@@ -189,6 +218,47 @@ class GenerationCall(Generic[Req, Resp]):
         if not answered and not self._call.done():
             self._call.cancel()
         self._calls.ended()
+
+
+class WholeCall(Generic[Req, Resp]):
+    """A request that does not stream, on the unary method: one message holding
+    all its deltas and its summary. If the service is older than the unary
+    methods, the request goes on a stream instead, and so do all after it."""
+
+    __slots__ = ("_call", "_calls", "_request", "_stream")
+
+    def __init__(
+        self,
+        calls: GenerationCalls[Req, Resp],
+        request: Req,
+        whole: grpc.aio.UnaryUnaryMultiCallable[Req, Any],
+    ) -> None:
+        self._calls = calls
+        self._request = request
+        self._call = whole(request)
+        self._stream: GenerationCall[Req, Resp] | None = None
+
+    async def read(self) -> object:
+        """The whole answer; raises AioRpcError as the call would."""
+        if self._stream is not None:
+            return await self._stream.read()
+        try:
+            return await self._call
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        self._calls.whole = None
+        self._stream = await self._calls.start_stream(self._request)
+        return await self._stream.read()
+
+    def done(self) -> bool:
+        return self._stream.done() if self._stream is not None else self._call.done()
+
+    def finish(self, answered: bool) -> None:
+        if self._stream is not None:
+            self._stream.finish(answered)
+        elif not answered and not self._call.done():
+            self._call.cancel()
 
 
 def _closed_unread(error: grpc.aio.AioRpcError) -> bool:

@@ -1,5 +1,6 @@
 """What GET /readyz reports: each service's gRPC health, and as details the
 stores auth depends on, which auth reports under health names of their own.
+Both are polled every POLL_S for /metrics too, with their changes counted.
 
 A store that is down makes /readyz say "degraded" with that store
 NOT_SERVING, but still answer 200: every edge shares the same Redis and
@@ -31,7 +32,11 @@ STORES = {
 class Readiness:
     def __init__(self, channels: Mapping[str, grpc.aio.Channel]) -> None:
         self.channels = channels
-        self.stores: dict[str, str] = {}  # last known state of each, for /metrics
+        # The last known state of each service (overall) and store, for /metrics,
+        # and how often each changed, by the state it changed to.
+        self.services: dict[str, str] = {}
+        self.stores: dict[str, str] = {}
+        self.transitions: dict[tuple[str, str], int] = {}
         self._poller: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -46,10 +51,7 @@ class Readiness:
     async def report(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body) of /readyz."""
         names = list(self.channels)
-        services, _ = await asyncio.gather(
-            asyncio.gather(*(self._status(self.channels[n], "") for n in names)),
-            self._check_stores(),
-        )
+        _, services = await asyncio.gather(self._check_stores(), self._check_services())
         ready = all(s == "SERVING" for s in services)
         degraded = any(s != "SERVING" for s in self.stores.values())
         status = "unavailable" if not ready else "degraded" if degraded else "ready"
@@ -62,8 +64,15 @@ class Readiness:
 
     async def _poll(self) -> None:
         while True:
-            await self._check_stores()
+            await asyncio.gather(self._check_stores(), self._check_services())
             await asyncio.sleep(POLL_S)
+
+    async def _check_services(self) -> list[str]:
+        names = list(self.channels)
+        states = await asyncio.gather(*(self._status(self.channels[n], "") for n in names))
+        for name, state in zip(names, states, strict=True):
+            self._note(self.services, name, state)
+        return states
 
     async def _check_stores(self) -> None:
         names = list(STORES)
@@ -72,7 +81,13 @@ class Readiness:
         )
         for name, state in zip(names, states, strict=True):
             if state != "NOT_FOUND":  # an auth too old to report it
-                self.stores[name] = state
+                self._note(self.stores, name, state)
+
+    def _note(self, states: dict[str, str], name: str, state: str) -> None:
+        before = states.get(name)
+        states[name] = state
+        if before is not None and before != state:
+            self.transitions[(name, state)] = self.transitions.get((name, state), 0) + 1
 
     async def _status(self, channel: grpc.aio.Channel, service: str) -> str:
         check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]

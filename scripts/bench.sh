@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # `make bench`: Aqueduct beside the LiteLLM proxy on the shared load harness
 # (../shared/bench). The harness starts the mock upstreams, pins this gateway
-# (all four processes) to one CPU, samples its CPU and RSS, and stops it.
+# (all its processes) to one CPU, samples its CPU and RSS, and stops it.
+# Aqueduct is measured twice in the run (scripts/bench_compare.py): `aqueduct`
+# with the admin key (no limits: nothing reserved or settled) and
+# `aqueduct-limited` with an ordinary key whose limits never bite (every
+# request reserves and settles, as real keys do).
 # Extra arguments go to compare.py, e.g. `make bench ARGS="--rounds 2 --no-litellm"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +23,10 @@ models:
     upstreams: [{url: "http://127.0.0.1:18002/v1", api_key: bench}]
 YAML
 bash "$BENCH/setup.sh"
-export GW_NAME=aqueduct
-export GW_CMD="env AQUEDUCT_DATA_DIR=$WORK AQUEDUCT_MODELS_CONFIG=$WORK/models.yaml \
+GW_CMD="env AQUEDUCT_DATA_DIR=$WORK AQUEDUCT_MODELS_CONFIG=$WORK/models.yaml \
 AQUEDUCT_BOOTSTRAP_KEY=$KEY AQUEDUCT_HTTP_PORT=$PORT AQUEDUCT_LOG_LEVEL=WARNING \
 $PWD/.venv/bin/python -m scripts.run"
-exec "$BENCH/compare.sh" "http://127.0.0.1:$PORT/v1" "$KEY" mock mock-slow - "$@"
+export BENCH_DIR=$BENCH
+exec "${VENV_TOOLS:-/tmp/bench/venv-tools}/bin/python" scripts/bench_compare.py \
+  --gw-url "http://127.0.0.1:$PORT/v1" --gw-key "$KEY" --gw-model mock --gw-slow-model mock-slow \
+  --gw-name aqueduct --gw-cmd "$GW_CMD" "$@"

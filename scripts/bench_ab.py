@@ -41,9 +41,12 @@ class Gateway:
     tree: Path
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    pinned: bool = True  # on CPU 1; False: anywhere (scripts/bench_workers.py)
     process: subprocess.Popen[bytes] | None = None
     key: str = ""
     results: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # cell -> CPU ms per request of each process, one dict a run
+    by_process: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -72,26 +75,35 @@ class Gateway:
             },
         }
         self.process = subprocess.Popen(
-            ["taskset", "-c", "1", str(self.tree / ".venv/bin/python"), "-m", "scripts.run"],
+            [
+                *(["taskset", "-c", "1"] if self.pinned else []),
+                str(self.tree / ".venv/bin/python"),
+                "-m",
+                "scripts.run",
+            ],
             cwd=self.tree,
             env=env,
             stdout=(data / "run.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        _wait(lambda: _get(f"{self.base}/readyz") == 200, 120, f"{self.name} ready")
-        self.key = _create_limited_key(self.base, admin)
+        wait_until(lambda: _get(f"{self.base}/readyz") == 200, 120, f"{self.name} ready")
+        self.key = create_limited_key(self.base, admin)
 
-    def cpu_s(self) -> float:
-        """User+system time of the supervisor's children so far."""
+    def cpu_s(self) -> dict[str, float]:
+        """User+system time of the supervisor's children so far, by program."""
         assert self.process is not None
-        total = 0
+        found: dict[str, float] = {}
         for pid in _children(self.process.pid):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / TICKS
+            module = command[command.index(b"-m") + 1].decode() if b"-m" in command else str(pid)
+            name = module.removeprefix("services.").split(".")[0]
+            # utime + stime, summed over the workers of one program (edge-1, edge-2…)
+            found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+        return found
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -114,6 +126,35 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants (the files service's extraction worker
+    included), as the harness counts them."""
+    found, at = [root], 0
+    while at < len(found):
+        found.extend(_children(found[at]))
+        at += 1
+    return found
+
+
+def memory_by_process(root: int) -> dict[str, tuple[float, float]]:
+    """(RSS, PSS) in MiB of `root` (the supervisor) and each of its descendants, by
+    module. RSS counts a library's pages in every process that maps them (what the
+    harness sums); PSS shares them out, so its sum is what the machine spends."""
+    found: dict[str, tuple[float, float]] = {}
+    for pid in process_tree(root):
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        module = command[command.index(b"-m") + 1].decode() if b"-m" in command else str(pid)
+        name = module.removeprefix("services.").removeprefix("scripts.")
+        kib = {x.split(":")[0]: int(x.split()[1]) for x in rollup.splitlines()[1:]}
+        rss, pss = found.get(name, (0.0, 0.0))
+        found[name] = (rss + kib["Rss"] / 1024, pss + kib["Pss"] / 1024)
+    return found
+
+
 def _get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as answer:
@@ -122,7 +163,10 @@ def _get(url: str) -> int:
         return 0
 
 
-def _create_limited_key(base: str, admin: str) -> str:
+def create_limited_key(base: str, admin: str) -> str:
+    """An ordinary key (through the admin API at `base`) whose rpm, token and
+    concurrency limits are far above anything a bench sends: every request it
+    makes reserves quota at auth and settles it, as real keys do, and none is refused."""
     body = json.dumps(
         {
             "name": "bench",
@@ -143,7 +187,15 @@ def _create_limited_key(base: str, admin: str) -> str:
         return str(json.load(answer)["key"])
 
 
-def _wait(condition: object, timeout: float, what: str) -> None:
+def start_mock(python: Path) -> subprocess.Popen[bytes]:
+    """The harness's fast mock upstream on MOCK_PORT, pinned to CPU 0 (the gateways get CPU 1)."""
+    command = [str(python), str(BENCH / "mock_upstream.py"), "--port", str(MOCK_PORT)]
+    return subprocess.Popen(
+        ["taskset", "-c", "0", *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def wait_until(condition: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():  # type: ignore[operator]
@@ -152,8 +204,10 @@ def _wait(condition: object, timeout: float, what: str) -> None:
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def wrk(gateway: Gateway, conns: int, duration: float, stream: bool) -> tuple[float, float]:
-    """(requests/s, gateway CPU ms per request) of one timed run."""
+def wrk(
+    gateway: Gateway, conns: int, duration: float, stream: bool
+) -> tuple[float, float, dict[str, float]]:
+    """(requests/s, gateway CPU ms per request, that CPU by process) of one timed run."""
     env = {
         **os.environ,
         "BENCH_MODEL": "mock",
@@ -166,7 +220,7 @@ def wrk(gateway: Gateway, conns: int, duration: float, stream: bool) -> tuple[fl
     ]  # fmt: skip
     before = gateway.cpu_s()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=duration + 60)
-    cpu = gateway.cpu_s() - before
+    after = gateway.cpu_s()
     line = next((x for x in done.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
         raise SystemExit(f"{gateway.name}: wrk gave no result:\n{done.stdout}\n{done.stderr}")
@@ -174,8 +228,9 @@ def wrk(gateway: Gateway, conns: int, duration: float, stream: bool) -> tuple[fl
     errors = sum(result[k] for k in ("connect_err", "read_err", "status_err", "timeout_err"))
     if errors:
         raise SystemExit(f"{gateway.name}: {errors} errors in wrk run: {result}")
-    requests = result["requests"]
-    return requests / (result["duration_us"] / 1e6), 1000 * cpu / max(requests, 1)
+    requests = max(result["requests"], 1)
+    spent = {name: 1000 * (t - before.get(name, 0.0)) / requests for name, t in after.items()}
+    return result["requests"] / (result["duration_us"] / 1e6), sum(spent.values()), spent
 
 
 def main() -> None:
@@ -186,10 +241,18 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--conns", default="1,16")
     parser.add_argument("--traced", action="store_true")
+    parser.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        help="another tree to compare with old (e.g. a commit in between), named after its folder",
+    )
     args = parser.parse_args()
     gateways = [
         Gateway("old", args.old.resolve(), 18101),
         Gateway("new", args.new.resolve(), 18102),
+        *(Gateway(t.name, t.resolve(), 18104 + i) for i, t in enumerate(args.also)),
     ]
     python = args.new.resolve() / ".venv/bin/python"
     helpers = []
@@ -205,19 +268,7 @@ def main() -> None:
                 stderr=subprocess.DEVNULL,
             )
         )
-    mock = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            "0",
-            str(python),
-            str(BENCH / "mock_upstream.py"),
-            "--port",
-            str(MOCK_PORT),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    mock = start_mock(python)
     cells = [(c, s) for s in (False, True) for c in map(int, args.conns.split(","))]
     try:
         with tempfile.TemporaryDirectory(prefix="aqueduct-ab-") as work:
@@ -231,9 +282,9 @@ def main() -> None:
                     order = gateways if round_ % 2 == 0 else gateways[::-1]
                     for gateway in order:
                         cell = f"{'stream' if stream else 'json'} c={conns}"
-                        gateway.results.setdefault(cell, []).append(
-                            wrk(gateway, conns, args.duration, stream)
-                        )
+                        rps, cpu, spent = wrk(gateway, conns, args.duration, stream)
+                        gateway.results.setdefault(cell, []).append((rps, cpu))
+                        gateway.by_process.setdefault(cell, []).append(spent)
     finally:
         for gateway in gateways:
             gateway.stop()
@@ -253,6 +304,15 @@ def main() -> None:
             row += [f"{rps:.0f}", f"{cpu:.2f}"]
         row += [f"{cpu / cpus[0]:.3f}" for cpu in cpus[1:]]
         print(f"| {cell} | {' | '.join(row)} |")
+    print("\nCPU ms per request by process (medians):\n")
+    names = sorted({n for g in gateways for runs in g.by_process.values() for r in runs for n in r})
+    print(f"| cell | gateway | {' | '.join(names)} |")
+    print("|---|---|" + "---:|" * len(names))
+    for cell in gateways[0].by_process:
+        for gateway in gateways:
+            runs = gateway.by_process[cell]
+            shares = [statistics.median(r.get(n, 0.0) for r in runs) for n in names]
+            print(f"| {cell} | {gateway.name} | {' | '.join(f'{x:.2f}' for x in shares)} |")
     sys.stdout.flush()
 
 

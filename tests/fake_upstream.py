@@ -107,6 +107,7 @@ class FakeUpstream:
     default: Reply = field(default_factory=Reply)
     replies: deque[Reply] = field(default_factory=deque)
     received: list[dict[str, Any]] = field(default_factory=list)  # JSON bodies, in order
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() of each, in order
     paths: list[str] = field(default_factory=list)
     client_ports: list[int] = field(default_factory=list)  # one per request: its connection
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -136,6 +137,7 @@ class FakeUpstream:
     def reset(self) -> None:
         self.replies.clear()
         self.received.clear()
+        self.arrived.clear()
         self.paths.clear()
         self.client_ports.clear()
         self.headers.clear()
@@ -205,6 +207,7 @@ class FakeUpstream:
         except orjson.JSONDecodeError:
             body = {}
         self.received.append(body)
+        self.arrived.append(time.monotonic())
         if self.journal is not None:
             self.journal.append(self.name)
         self.paths.append(scope["path"])

@@ -60,13 +60,18 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         )
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+) -> None:
+    """Poll until condition() holds; on timeout fail, with the tail of `log` if given
+    (a process that never got ready says why there)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    tail = f"\n--- {log.name} (tail) ---\n{log.read_text()[-4000:]}" if log else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{tail}")
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> int:

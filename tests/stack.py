@@ -60,6 +60,7 @@ class Stack:
     redis_url: str | None = None
     auth_replicas: int = 1
     inference_overrides: dict[str, Any] = field(default_factory=dict)
+    edge_overrides: dict[str, Any] = field(default_factory=dict)  # EdgeSettings fields
     auth_extra: list[AuthServer] = field(default_factory=list)
     auth_ports: list[int] = field(default_factory=list)
     loop: LoopThread = field(default_factory=LoopThread)
@@ -138,7 +139,7 @@ class Stack:
         ):
             if server is not None:
                 self.metrics_ports[name] = server.host.metrics.port
-        await self.start_edge()
+        await self.start_edge(**self.edge_overrides)
 
     async def start_edge(self, **overrides: Any) -> None:
         listener = socket.socket()
@@ -163,6 +164,13 @@ class Stack:
                 self.edge_task.result()
                 raise RuntimeError("the edge failed to start; see the log above")
             await asyncio.sleep(0.01)
+
+    async def stop_edge(self) -> None:
+        """Stop the edge as SIGTERM would (its lifespan closes the gateway)."""
+        assert self.edge is not None and self.edge_task is not None
+        self.edge.should_exit = True
+        await self.edge_task
+        self.edge = self.edge_task = None
 
     def stop(self) -> None:
         self.loop.run(self._stop(), timeout=60)

@@ -26,12 +26,14 @@ from google.protobuf.json_format import MessageToDict
 
 from core.config import data_dir, listen_address
 from core.limit_names import LIMIT_NAMES
+from core.tls import tls_from_env
 from services.auth.authority import BOOTSTRAP_FILE
 
 GROUPS = {
     "key": pb.USAGE_GROUPING_KEY,
     "model": pb.USAGE_GROUPING_MODEL,
     "team": pb.USAGE_GROUPING_TEAM,
+    "route": pb.USAGE_GROUPING_ROUTE,
 }
 
 
@@ -152,9 +154,17 @@ def _usage_request(args: argparse.Namespace) -> pb.QueryUsageRequest:
     return request
 
 
+def connect_channel(address: str) -> grpc.Channel:
+    """Mutual TLS when AQUEDUCT_TLS_* are set (the CLI's certificate CN is `admin`)."""
+    tls = tls_from_env()
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.channel_credentials())
+
+
 def main(
     argv: Sequence[str] | None = None,
-    connect: Callable[[str], grpc.Channel] = grpc.insecure_channel,  # tests: a channel double
+    connect: Callable[[str], grpc.Channel] = connect_channel,  # tests: a channel double
 ) -> int:
     args = build_parser().parse_args(argv)
     address = args.addr or listen_address("auth")

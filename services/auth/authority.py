@@ -38,6 +38,19 @@ class KeyAuthority:
             raise ServiceError(Kind.UNAUTHENTICATED, "KEY_EXPIRED", "This API key has expired.")
         return record, await asyncio.to_thread(self.store.team_limits, record.team)
 
+    async def principal(self, key_id: str) -> tuple[KeyRecord, Limits]:
+        """The active key with this id and its team's limits (VerifyKey's checks)."""
+        record = await asyncio.to_thread(self.store.get, key_id) if key_id else None
+        if record is None:
+            raise ServiceError(Kind.UNAUTHENTICATED, "KEY_UNKNOWN", "Unknown API key id.")
+        if record.revoked:
+            raise ServiceError(
+                Kind.UNAUTHENTICATED, "KEY_REVOKED", "This API key has been revoked."
+            )
+        if not record.usable_at(time.time()):
+            raise ServiceError(Kind.UNAUTHENTICATED, "KEY_EXPIRED", "This API key has expired.")
+        return record, await asyncio.to_thread(self.store.team_limits, record.team)
+
     async def verify_admin(self, secret: str) -> KeyRecord:
         record, _ = await self.verify(secret)
         if not record.admin:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from aqueduct.auth.v1 import auth_pb2 as pb
@@ -11,11 +10,11 @@ from core.limit_names import LIMIT_NAMES
 from services.auth.key_admin import UNSET, KeyChanges
 from services.auth.keys import KeyRecord, Limits
 from services.auth.limiter import BucketLevel
-from services.auth.quotas import Reservation
+from services.auth.quotas import Part, Reservation
 
 
 def limits_message(limits: Limits) -> pb.Limits:
-    return pb.Limits(**{k: v for k, v in asdict(limits).items() if v is not None})
+    return pb.Limits(**{k: v for k, v in limits.as_dict().items() if v is not None})
 
 
 def limits_value(message: pb.Limits) -> Limits:
@@ -98,6 +97,18 @@ def level_message(level: BucketLevel | None) -> pb.RateLimitStatus:
     )
 
 
+SETTLE_PARTS = {
+    pb.SETTLE_PART_UNSPECIFIED: Part.BOTH,
+    pb.SETTLE_PART_LIMITS: Part.LIMITS,
+    pb.SETTLE_PART_LEDGER: Part.LEDGER,
+}
+
+
+def settle_part(part: pb.SettlePart.ValueType) -> Part:
+    """An unknown part (a newer caller's) is settled whole: each part counts once."""
+    return SETTLE_PARTS.get(part, Part.BOTH)
+
+
 def usage_row(record: pb.UsageRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id[:128],
@@ -113,4 +124,6 @@ def usage_row(record: pb.UsageRecord) -> dict[str, Any]:
         "user": record.user[:256],
         "stream": record.stream,
         "created_at": record.created_at,
+        "batch_id": record.batch_id[:40],
+        "route": record.route[:64],
     }

@@ -11,18 +11,12 @@ import logging
 import threading
 from collections.abc import Iterator
 
-import redis.exceptions
 import sqlalchemy.exc
 
 from core.errors import Kind, ServiceError
 
 log = logging.getLogger(__name__)
 
-REDIS_FAULTS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,  # also BusyLoadingError (a restart loading its data)
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,  # a replica promoted or demoted under us
-)
 DATABASE_FAULTS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,  # unreachable, restarting, locked, out of connections
     sqlalchemy.exc.InterfaceError,
@@ -69,11 +63,26 @@ class Dependency:
 
 
 def redis_dependency() -> Dependency:
+    """The limits store when it is Redis."""
+    # Imported here: auth without Redis never loads the client (~8 MiB for its whole life).
+    import redis.exceptions
+
+    return limits_dependency(
+        (
+            redis.exceptions.ConnectionError,  # also BusyLoadingError (a restart loading its data)
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ReadOnlyError,  # a replica promoted or demoted under us
+        )
+    )
+
+
+def limits_dependency(faults: tuple[type[BaseException], ...] = ()) -> Dependency:
+    """The limits store; without Redis (no `faults`) it is this process and never down."""
     return Dependency(
         "redis",
         "LIMITS_UNAVAILABLE",
         "Rate limits cannot be checked: the limits store (Redis) is unavailable; retry shortly.",
-        REDIS_FAULTS,
+        faults,
     )
 
 

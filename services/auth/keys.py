@@ -37,6 +37,15 @@ class Limits:
     output_tpm: int | None = None
     max_concurrent: int | None = None
 
+    def as_dict(self) -> dict[str, int | None]:
+        """Name -> limit; dataclasses.asdict would deep-copy, on every request."""
+        return {
+            "rpm": self.rpm,
+            "input_tpm": self.input_tpm,
+            "output_tpm": self.output_tpm,
+            "max_concurrent": self.max_concurrent,
+        }
+
 
 @dataclass(frozen=True)
 class KeyRecord:

@@ -36,6 +36,7 @@ class UsageLedger:
         self._pending: list[dict[str, Any]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._grouped = False  # the last commit answered more than one settle
         self._purger: asyncio.Task[None] | None = None
 
     @property
@@ -65,12 +66,16 @@ class UsageLedger:
 
     async def _write_loop(self) -> None:
         while self._pending:
-            # Let the settles of callers answered by the last commit come back
-            # first (PostgreSQL's commit_delay): else the first of them goes alone
-            # and the rest wait a whole commit behind it.
-            await asyncio.sleep(COMMIT_DELAY_S)
+            # When settles come together, let those of callers answered by the
+            # last commit come back first: else the first of them goes alone and
+            # the rest wait a whole commit behind it. A lone settle goes at once,
+            # as PostgreSQL's commit_delay waits only when others are active (an
+            # idle wait cost a lightly loaded replica ~300 us of CPU a settle).
+            if self._grouped:
+                await asyncio.sleep(COMMIT_DELAY_S)
             rows, self._pending = self._pending, []
             waiters, self._waiters = self._waiters, []
+            self._grouped = len(waiters) > 1
             try:
                 await asyncio.to_thread(self.store.add_usage, rows)
             except Exception as error:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import enum
+import functools
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from core.errors import Kind, ServiceError
@@ -38,12 +40,13 @@ class Reservation:
     input_tokens: int
     output_tokens: int
 
+    @functools.cached_property
     def demand(self) -> Demand:
         return demand_for(
             self.key_id,
             self.team,
-            asdict(self.key_limits),
-            asdict(self.team_limits),
+            self.key_limits.as_dict(),
+            self.team_limits.as_dict(),
             self.input_tokens,
             self.output_tokens,
         )
@@ -89,6 +92,14 @@ def header_metadata(levels: list[BucketLevel]) -> dict[str, str]:
     return out
 
 
+class Part(enum.Flag):
+    """What a settlement ends: the reservation's limits, its ledger row, or both."""
+
+    LIMITS = enum.auto()
+    LEDGER = enum.auto()
+    BOTH = LIMITS | LEDGER
+
+
 class Quotas:
     def __init__(
         self, counters: Counters, ledger: UsageLedger, lease_s: float, limits: Dependency
@@ -117,7 +128,7 @@ class Quotas:
         reservation = Reservation(
             uuid.uuid4().hex, key_id, team, key_limits, team_limits, input_tokens, output_tokens
         )
-        demand = reservation.demand()
+        demand = reservation.demand
         levels: list[BucketLevel] = []
         if demand:
             try:
@@ -129,13 +140,13 @@ class Quotas:
             reservation, tightest(levels, ("rpm",)), tightest(levels, ("input_tpm", "output_tpm"))
         )
 
-    async def settle(self, settles: list[tuple[Reservation, dict[str, Any]]]) -> None:
-        """Settle requests: done only when every one's counters and ledger row are
-        committed. Each part is idempotent (counters by reservation id in the
-        counter store, rows by the ledger's unique reservation id), so a retry
-        after any failure, here or on another replica, has exactly one effect;
-        nothing is remembered in this process."""
-        for reservation, _ in settles:
+    async def settle(self, settles: list[tuple[Reservation, dict[str, Any], Part]]) -> None:
+        """Settle requests: done only when each one's part (counters, ledger row or
+        both) is committed. Each part is idempotent (counters by reservation id
+        in the counter store, rows by the ledger's unique reservation id), so a
+        retry after any failure, here or on another replica, has exactly one
+        effect; nothing is remembered in this process."""
+        for reservation, _, _ in settles:
             if not 0 < len(reservation.id) <= MAX_RESERVATION_ID:
                 raise ServiceError(
                     Kind.INVALID_ARGUMENT,
@@ -144,9 +155,20 @@ class Quotas:
                     f"(1 to {MAX_RESERVATION_ID} characters).",
                     param="settles.reservation.id",
                 )
-        rows = [{**usage, "reservation_id": r.id} for r, usage in settles]
-        parts = [self._settle_counters(r, usage) for r, usage in settles if r.demand()]
-        results = await asyncio.gather(self.ledger.record(rows), *parts, return_exceptions=True)
+        rows = [
+            {**usage, "reservation_id": r.id} for r, usage, part in settles if Part.LEDGER in part
+        ]
+        parts = [
+            self._settle_counters(r, usage)
+            for r, usage, part in settles
+            if Part.LIMITS in part and r.demand
+        ]
+        if rows:
+            parts.append(self.ledger.record(rows))
+        if len(parts) == 1:  # the usual settle: one part, awaited without a task
+            await parts[0]
+            return
+        results = await asyncio.gather(*parts, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -157,4 +179,4 @@ class Quotas:
             "output_tpm": reservation.output_tokens - int(usage.get("output_tokens", 0)),
         }
         with self.limits.guard():
-            await self.counters.settle(reservation.demand(), reservation.id, refunds)
+            await self.counters.settle(reservation.demand, reservation.id, refunds)

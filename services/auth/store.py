@@ -18,8 +18,11 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Float,
+    Index,
     Integer,
     String,
+    Table,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -30,10 +33,9 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.sql.expression import BindParameter, Executable
 
 from services.auth.dependencies import database_dependency
 from services.auth.keys import KeyRecord, Limits
@@ -88,6 +90,11 @@ class TeamRow(Base):
 
 class UsageRow(Base):
     __tablename__ = "usage_records"
+    # The usage report's ranges of one team or one key (migration 0005).
+    __table_args__ = (
+        Index("ix_usage_records_team_created_at", "team", "created_at"),
+        Index("ix_usage_records_key_id_created_at", "key_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(128))  # the caller's: not unique
@@ -107,9 +114,17 @@ class UsageRow(Base):
     user: Mapped[str] = mapped_column(String(256))
     stream: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[float] = mapped_column(Float, index=True)
+    # The batch this request was a line of; "" for a live request (migration 0003).
+    batch_id: Mapped[str] = mapped_column(String(40), server_default="")
+    route: Mapped[str] = mapped_column(String(64), server_default="")
 
 
-USAGE_GROUPS = {"key": UsageRow.key_id, "model": UsageRow.model, "team": UsageRow.team}
+USAGE_GROUPS = {
+    "key": UsageRow.key_id,
+    "model": UsageRow.model,
+    "team": UsageRow.team,
+    "route": UsageRow.route,
+}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -124,14 +139,42 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor.close()
 
 
+def _insert_skipping_known(dialect: str, table: Table) -> Executable | None:
+    """INSERT … ON CONFLICT (reservation_id) DO NOTHING, where the dialect has it.
+    Each dialect's module is imported only for its own database (PostgreSQL's: 2 MiB)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=["reservation_id"])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=["reservation_id"])
+    return None  # the caller leaves out known rows (the unique index still guards a race)
+
+
 class KeyStore:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-        self.engine: Engine = create_engine(database_url, pool_pre_ping=True)
+        # A network database's pooled connections can die with its server: ping
+        # each on checkout, so the first request after a restart does not fail.
+        # A SQLite file has no server, and a ping is a statement per transaction.
+        backend = make_url(database_url).get_backend_name()
+        self.engine: Engine = create_engine(database_url, pool_pre_ping=backend != "sqlite")
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.database = database_dependency()
+        self._usage = Base.metadata.tables["usage_records"]
+        self._insert_usage = _insert_skipping_known(self.engine.dialect.name, self._usage)
+        keys = Base.metadata.tables["api_keys"]
+        when: BindParameter[int] = bindparam("when")
+        self._stamp_last_use = (
+            update(keys)
+            .where(keys.c.id == bindparam("key"))
+            .where(or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < when))
+            .values(last_used_at=when)
+        )
 
     @contextlib.contextmanager
     def _session(self, write: bool = False) -> Iterator[Session]:
@@ -167,10 +210,13 @@ class KeyStore:
             row = session.get(ApiKey, key_id)
             return row.to_record() if row else None
 
-    def all_keys(self) -> list[KeyRecord]:
+    def all_keys(self, team: str = "") -> list[KeyRecord]:
+        """Every key newest first, or one team's ("": every team)."""
+        stmt = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id)
+        if team:
+            stmt = stmt.where(ApiKey.team == team)
         with self._session() as session:
-            rows = session.scalars(select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id))
-            return [row.to_record() for row in rows]
+            return [row.to_record() for row in session.scalars(stmt)]
 
     def has_admin_key(self) -> bool:
         with self._session() as session:
@@ -232,41 +278,24 @@ class KeyStore:
         # One order on every replica: two transactions inserting the same
         # reservations (a retried settle) wait for each other, never deadlock.
         rows = sorted(rows, key=lambda row: row["reservation_id"])
-        # Core statements on the tables, not ORM ones: settles wait for this
-        # transaction, and the ORM's bookkeeping doubled its CPU.
-        usage, keys = Base.metadata.tables["usage_records"], Base.metadata.tables["api_keys"]
-        with self._session(write=True) as session:
-            dialect = self.engine.dialect.name
-            stmt: Executable
-            if dialect == "postgresql":
-                stmt = postgresql.insert(usage).on_conflict_do_nothing(
-                    index_elements=["reservation_id"]
-                )
-            elif dialect == "sqlite":
-                stmt = sqlite.insert(usage).on_conflict_do_nothing(
-                    index_elements=["reservation_id"]
-                )
-            else:  # no ON CONFLICT here: leave out the rows already in (the unique
-                # index still refuses a concurrent insert: that settle fails, is retried)
-                stmt = insert(usage)
+        last_use: dict[str, int] = {}
+        for row in rows:
+            last_use[row["key_id"]] = max(last_use.get(row["key_id"], 0), int(row["created_at"]))
+        stamps = [{"key": key_id, "when": when} for key_id, when in sorted(last_use.items())]
+        # Core statements built once, on a plain connection: settles wait for
+        # this transaction, and per-call statement building and the ORM
+        # session's bookkeeping were most of its CPU.
+        with self.database.guard(), self.engine.begin() as connection:
+            if self._insert_usage is None:
                 ids = [row["reservation_id"] for row in rows]
-                known = UsageRow.reservation_id.in_(ids)
-                seen = set(session.scalars(select(UsageRow.reservation_id).where(known)))
+                known = self._usage.c.reservation_id.in_(ids)
+                seen = set(connection.scalars(select(self._usage.c.reservation_id).where(known)))
                 rows = [row for row in rows if row["reservation_id"] not in seen]
-            if rows:
-                session.execute(stmt, rows)
-            last_use: dict[str, int] = {}
-            for row in rows:
-                last_use[row["key_id"]] = max(
-                    last_use.get(row["key_id"], 0), int(row["created_at"])
-                )
-            for key_id, when in sorted(last_use.items()):
-                session.execute(
-                    update(keys)
-                    .where(keys.c.id == key_id)
-                    .where(or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < when))
-                    .values(last_used_at=when)
-                )
+                if rows:
+                    connection.execute(insert(self._usage), rows)
+            else:
+                connection.execute(self._insert_usage, rows)
+            connection.execute(self._stamp_last_use, stamps)
 
     def usage_totals(self, filters: dict[str, Any], group_by: str | None) -> list[dict[str, Any]]:
         columns = [USAGE_GROUPS[group_by].label(group_by)] if group_by else []
@@ -281,6 +310,7 @@ class KeyStore:
             ("key_id", UsageRow.key_id),
             ("team", UsageRow.team),
             ("model", UsageRow.model),
+            ("batch_id", UsageRow.batch_id),
         ):
             if filters.get(name):
                 stmt = stmt.where(column == filters[name])

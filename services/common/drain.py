@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.errors import Kind, ServiceError
-from services.common.interceptors import Behavior, Context, Handler, WrappingInterceptor
+from services.common.interceptors import Behavior, CallWrapper, Context, Handler
 
 # How long a draining service keeps taking finishing calls after the last one:
 # an edge sends a request's settle when the request ends, so settles for the work
@@ -35,7 +35,7 @@ def shutting_down() -> ServiceError:
 
 
 class Drain:
-    """The drain state of one service, kept by its DrainInterceptor.
+    """The drain state of one service, kept by its DrainWrapper.
 
     `finishing` names the methods (`/package.Service/Method`) that complete
     work already admitted, taken until the drain ends; every other method of
@@ -74,7 +74,7 @@ class Drain:
             await asyncio.sleep(0.02)
 
 
-class DrainInterceptor(WrappingInterceptor):
+class DrainWrapper(CallWrapper):
     """Counts the service's calls; while draining, refuses all but finishing ones.
 
     The refusal comes before the handler runs, so a refused call has read
@@ -82,7 +82,6 @@ class DrainInterceptor(WrappingInterceptor):
     """
 
     def __init__(self, drain: Drain) -> None:
-        super().__init__()
         self.drain = drain
 
     def wrap(self, behavior: Behavior, handler: Handler, method: str) -> Behavior:

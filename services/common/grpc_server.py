@@ -17,9 +17,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from core.config import ConfigError, env_float
-from services.common.drain import Drain, DrainInterceptor
-from services.common.interceptors import interceptors
+from core.channels import open_channel
+from core.config import ConfigError, env_float, service_addresses
+from core.tls import TlsFiles, tls_from_env
+from services.common.drain import Drain, DrainWrapper
+from services.common.identity import Access, IdentityWrapper
+from services.common.interceptors import CallWrapper, ServerInterceptor, call_wrappers
+from services.common.key_scope import KeyVerifier
 from services.common.metrics import ServiceMetrics, metrics_address
 
 log = logging.getLogger(__name__)
@@ -43,16 +47,35 @@ class ServiceHost:
     """
 
     def __init__(
-        self, address: str, service_names: Sequence[str], finishing: Sequence[str] = ()
+        self,
+        address: str,
+        service_names: Sequence[str],
+        finishing: Sequence[str] = (),
+        tls: TlsFiles | None = None,
+        access: Access | None = None,
     ) -> None:
+        """`tls` None: AQUEDUCT_TLS_* decide (plaintext when unset). `access`: who
+        may call which method, enforced only with TLS (the identity is the
+        client certificate's CN)."""
         self.address = address
+        self.tls = tls if tls is not None else tls_from_env()
+        # Key-bearing callers are verified with auth over this process's own mTLS.
+        self.verifier: KeyVerifier | None = None
+        guard: list[CallWrapper] = []
+        if self.tls is not None and access is not None:
+            if access.keyed:
+                channel = open_channel(service_addresses("auth"), self.tls)
+                self.verifier = KeyVerifier(channel)
+            guard = [IdentityWrapper(access, self.verifier)]
         self.service_names = list(service_names)
         self.metrics = ServiceMetrics()
         self.drain = Drain(self.service_names, finishing)
-        # The drain's interceptor innermost: its refusals are mapped and counted.
+        # The drain wrapper innermost: its refusals are mapped and counted.
         self.server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[*interceptors(self.metrics), DrainInterceptor(self.drain)],
+            interceptors=[
+                ServerInterceptor([*call_wrappers(self.metrics), *guard, DrainWrapper(self.drain)])
+            ],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -60,14 +83,21 @@ class ServiceHost:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
+        self._health: dict[str, int] = {}  # the status each name was last set to
         # Run as the drain begins: end long-lived calls that are not work
         # (key-event watches, idle prepared calls), which would hold the grace.
         self.on_shutdown: list[Callable[[], None]] = []
+        # Run once the server has stopped, before its channels close: send what
+        # the finished calls left to send (inference's settles for metered callers).
+        self.on_stopped: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self) -> int:
         """Bind and start answering (health says NOT_SERVING); returns the port."""
         try:
-            self.port = self.server.add_insecure_port(self.address)
+            if self.tls is None:
+                self.port = self.server.add_insecure_port(self.address)
+            else:
+                self.port = self.server.add_secure_port(self.address, self.tls.server_credentials())
         except RuntimeError:  # grpcio's "Failed to bind"
             self.port = 0
         if self.port == 0:
@@ -100,16 +130,40 @@ class ServiceHost:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         self.drain.begin()
-        await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()  # every name NOT_SERVING, for good
+        for name in list(self._health):
+            self._count_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         for hook in self.on_shutdown:
             hook()
         await self.drain.wait(deadline)
         await self.server.stop(max(0.0, deadline - loop.time()))
+        for flush in self.on_stopped:
+            await flush()
         await self.metrics.close()
+        if self.verifier is not None:
+            await self.verifier.close()
+
+    async def set_health(self, name: str, status: int) -> None:
+        """Report `status` for health name `name`, and count it in the metrics."""
+        self._count_health(name, status)
+        await self.health.set(name, status)
+
+    def _count_health(self, name: str, status: int) -> None:
+        before = self._health.get(name)
+        if status == before:
+            return
+        self._health[name] = status
+        if not name:
+            return  # the server as a whole: the same as its services' names
+        serving = status == health_pb2.HealthCheckResponse.SERVING
+        self.metrics.health_serving.labels(name).set(float(serving))
+        if before is not None:
+            to = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            self.metrics.health_transitions.labels(name, to).inc()
 
     async def _set_health(self, status: int) -> None:
         for name in ["", *self.service_names]:
-            await self.health.set(name, status)
+            await self.set_health(name, status)
 
 
 async def run_until_signalled(
@@ -118,8 +172,9 @@ async def run_until_signalled(
     ready: Callable[[], Awaitable[None]],
     close: Callable[[], Awaitable[None]],
     grace: float = 5.0,
+    prepare: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Start, get ready, serve until SIGTERM/SIGINT, then drain and close.
+    """Prepare, start, get ready, serve until SIGTERM/SIGINT, then drain and close.
 
     The drain (ServiceHost.stop) takes at most `grace` seconds; calls still
     running then are cancelled, which cancels generations and upstream
@@ -129,6 +184,8 @@ async def run_until_signalled(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if prepare is not None:
+        await prepare()
     port = await host.start()
     log.info("listening", extra={"address": host.address, "port": port})
     try:
@@ -151,6 +208,10 @@ class GrpcService:
     name: str
     host: ServiceHost
 
+    async def prepare(self) -> None:
+        """What must be done before the port takes calls (the database's tables)."""
+        return None
+
     async def ready(self) -> None:
         return None
 
@@ -159,6 +220,7 @@ class GrpcService:
 
     async def start(self, metrics_at: tuple[str, int] | None = None) -> int:
         """Start and get ready without waiting for signals (tests, embedding)."""
+        await self.prepare()
         port = await self.host.start()
         await self.host.serve_metrics(metrics_at)
         await self.ready()
@@ -171,4 +233,6 @@ class GrpcService:
 
     async def run(self) -> None:
         grace = env_float("AQUEDUCT_SHUTDOWN_GRACE_S", 5.0)
-        await run_until_signalled(self.name, self.host, self.ready, self.close, grace)
+        await run_until_signalled(
+            self.name, self.host, self.ready, self.close, grace, prepare=self.prepare
+        )

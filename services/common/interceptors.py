@@ -1,10 +1,14 @@
-"""Server interceptors every service installs: calls are counted for metrics,
-domain errors become gRPC statuses, and the caller's request id reaches every
-log line.
+"""What every service does around each call, as one server interceptor: calls
+are counted for metrics, domain errors become gRPC statuses, the caller's
+request id reaches every log line (and, as configured, calls are traced,
+callers authorized by identity, and new work refused while draining).
 
-Each wraps a method's handler once and reuses the wrapper, so a call pays a
-dictionary lookup and at most one extra await per interceptor (about 1-2 us of
-CPU each). They wrap coroutine handlers,
+Each of those is a `CallWrapper`: it wraps a method's coroutine behaviour
+once, the first time the method is called. `ServerInterceptor` composes the
+wrappers of every method and caches the result, so a call pays one interceptor
+hop and one dictionary lookup however many wrappers there are (grpc.aio runs
+each interceptor as its own coroutine, a few microseconds of CPU each), plus
+one await per wrapper that applies to the method. They wrap coroutine handlers,
 the only kind our servicers write (a streaming handler writes with
 `context.write`: an async generator is not closed when its call is cancelled);
 generator handlers (health, reflection) pass through untouched.
@@ -14,7 +18,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+import operator
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -32,52 +37,70 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Behavior = Callable[[Any, Context], Awaitable[Any]]
 Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
+# Run as a call arrives, before its handler (e.g. to read its metadata).
+OnCall = Callable[[grpc.HandlerCallDetails], None]
 
 REQUEST_ID_KEY = "x-request-id"
 
 
-class WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Replaces each method's coroutine behaviour by `wrap(behaviour)`, once."""
+class CallWrapper:
+    """One thing done around a method's calls."""
 
-    def __init__(self) -> None:
+    def wrap(self, behavior: Behavior, handler: Handler, method: str) -> Behavior:
+        """`behavior` with this wrapper's work around it, or `behavior` itself."""
+        return behavior
+
+    def on_call(self, handler: Handler, method: str) -> OnCall | None:
+        """What to run for each call of `method` as it arrives; None: nothing."""
+        return None
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """`wrappers` (outermost first) applied to every method, composed once."""
+
+    def __init__(self, wrappers: Sequence[CallWrapper]) -> None:
+        self.wrappers = list(wrappers)
         # Keyed by method name; unknown methods are not kept (a caller could
         # otherwise grow it without bound).
-        self._handlers: dict[str, Handler] = {}
+        self._methods: dict[str, tuple[Handler, tuple[OnCall, ...]]] = {}
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> Handler | None:
-        handler = self._handlers.get(details.method)
-        if handler is None:
+        found = self._methods.get(details.method)
+        if found is None:
             handler = await continuation(details)
             if handler is None:
                 return None
-            handler = self._handlers[details.method] = self._rewrap(handler, details.method)
+            found = self._methods[details.method] = self._compose(handler, details.method)
+        handler, on_call = found
+        for hook in on_call:
+            hook(details)
         return handler
 
-    def _rewrap(self, handler: Handler, method: str) -> Handler:
+    def _compose(self, handler: Handler, method: str) -> tuple[Handler, tuple[OnCall, ...]]:
+        hooks = (w.on_call(handler, method) for w in self.wrappers)
+        on_call = tuple(hook for hook in hooks if hook is not None)
         kind = ("stream_" if handler.request_streaming else "unary_") + (
             "stream" if handler.response_streaming else "unary"
         )
-        behavior = getattr(handler, kind)
+        behavior = original = getattr(handler, kind)
         if not inspect.iscoroutinefunction(behavior):
-            return handler
-        wrapped = self.wrap(behavior, handler, method)
-        if wrapped is behavior:
-            return handler
+            return handler, on_call
+        for wrapper in reversed(self.wrappers):
+            behavior = wrapper.wrap(behavior, handler, method)
+        if behavior is original:
+            return handler, on_call
         make = getattr(grpc, f"{kind}_rpc_method_handler")
-        rewrapped: Handler = make(
-            wrapped,
+        composed: Handler = make(
+            behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-        return rewrapped
-
-    def wrap(self, behavior: Behavior, handler: Handler, method: str) -> Behavior:
-        raise NotImplementedError
+        return composed, on_call
 
 
-class ErrorInterceptor(WrappingInterceptor):
+class ErrorWrapper(CallWrapper):
     """A `ServiceError` ends the call with its status and a `google.rpc.ErrorInfo`
     detail; anything else unexpected ends it INTERNAL, the details only logged.
     Every call's end is logged at DEBUG (after the handler ran, so with the
@@ -105,49 +128,52 @@ class ErrorInterceptor(WrappingInterceptor):
         return mapped
 
 
-class RequestIdInterceptor(WrappingInterceptor):
+class RequestIdWrapper(CallWrapper):
     """Sets `REQUEST_ID` for the call: from a request message's `request_id`
     field where it has one (inference: call metadata costs the edge ~100 us of
     CPU a call in grpc.aio), else from the `x-request-id` metadata."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._in_message: set[str] = set()
-
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await super().intercept_service(continuation, details)
-        # Each call runs in its own task, so a value set here is the call's.
-        if handler is not None and details.method not in self._in_message:
-            for key, value in details.invocation_metadata or ():
-                if key == REQUEST_ID_KEY:
-                    REQUEST_ID.set(str(value))
-                    break
-        return handler
+    def on_call(self, handler: Handler, method: str) -> OnCall | None:
+        return None if field_reader(handler, "request_id") else _id_from_metadata
 
     def wrap(self, behavior: Behavior, handler: Handler, method: str) -> Behavior:
-        if not has_field(handler, "request_id"):
-            return behavior
-        self._in_message.add(method)
-        if handler.request_streaming:
-            return behavior  # the servicer sets it from the message it reads
+        read_id = field_reader(handler, "request_id")
+        if read_id is None or handler.request_streaming:
+            return behavior  # a streaming servicer sets it from the message it reads
 
         async def with_id(request: Any, context: Context) -> Any:
-            REQUEST_ID.set(request.request_id)
+            REQUEST_ID.set(read_id(request))
             return await behavior(request, context)
 
         return with_id
 
 
-def has_field(handler: Handler, name: str) -> bool:
-    """Whether the method's request message has a field `name`."""
+def _id_from_metadata(details: grpc.HandlerCallDetails) -> None:
+    # Each call runs in its own task, so a value set here is the call's.
+    for key, value in details.invocation_metadata or ():
+        if key == REQUEST_ID_KEY:
+            REQUEST_ID.set(str(value))
+            break
+
+
+def field_reader(handler: Handler, name: str) -> Callable[[Any], Any] | None:
+    """How to read the field `name` of the method's request message: its own, or
+    that of a message it wraps (ChatCompletionRequest.request,
+    SettleAndReserveQuotaRequest.reserve); None when it has neither."""
     message = getattr(handler.request_deserializer, "__self__", None)  # Message.FromString
     descriptor = getattr(message, "DESCRIPTOR", None)
-    return descriptor is not None and name in descriptor.fields_by_name
+    if descriptor is None:
+        return None
+    if name in descriptor.fields_by_name:
+        return operator.attrgetter(name)
+    for field in descriptor.fields:
+        inner = field.message_type
+        if inner is not None and not field.is_repeated and name in inner.fields_by_name:
+            return operator.attrgetter(f"{field.name}.{name}")
+    return None
 
 
-class TracingInterceptor(WrappingInterceptor):
+class TracingWrapper(CallWrapper):
     """A server span for each call, child of the caller's trace context: the
     request message's `traceparent` field where it has one, else the call's
     `traceparent` metadata. Installed only when tracing is on. A call whose
@@ -158,11 +184,11 @@ class TracingInterceptor(WrappingInterceptor):
         if handler.request_streaming:
             return behavior
         name = method.lstrip("/")
-        in_message = has_field(handler, tracing.TRACEPARENT)
+        read_parent = field_reader(handler, tracing.TRACEPARENT)
 
         async def traced(request: Any, context: Context) -> Any:
-            if in_message:
-                parent = request.traceparent
+            if read_parent is not None:
+                parent = read_parent(request)
             else:
                 found = dict(context.invocation_metadata() or ())
                 parent = str(found.get(tracing.TRACEPARENT, ""))
@@ -172,20 +198,19 @@ class TracingInterceptor(WrappingInterceptor):
         return traced
 
 
-class MetricsInterceptor(WrappingInterceptor):
+class MetricsWrapper(CallWrapper):
     """Counts each call by method and final status code (outermost, so that it
-    sees the status the error interceptor ended the call with)."""
+    sees the status the error wrapper ended the call with)."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
-        super().__init__()
         self.metrics = metrics
 
     def wrap(self, behavior: Behavior, handler: Handler, method: str) -> Behavior:
         return self.metrics.measure(behavior, method)
 
 
-def interceptors(metrics: ServiceMetrics) -> list[grpc.aio.ServerInterceptor]:
+def call_wrappers(metrics: ServiceMetrics) -> list[CallWrapper]:
     """In call order: counted, then the request id is set before errors are
     mapped and logged."""
-    traced = [TracingInterceptor()] if tracing.STATE.enabled else []
-    return [MetricsInterceptor(metrics), *traced, RequestIdInterceptor(), ErrorInterceptor()]
+    traced = [TracingWrapper()] if tracing.STATE.enabled else []
+    return [MetricsWrapper(metrics), *traced, RequestIdWrapper(), ErrorWrapper()]

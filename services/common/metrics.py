@@ -22,12 +22,13 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Histogram,
+    Gauge,
     generate_latest,
 )
 from prometheus_client.registry import Collector
 
 from core.config import ConfigError, env
+from core.metric_cells import Counters, Histograms
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,31 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.handled = Counter(
+        # Updated on every call: plain numbers (core.metric_cells), not locked ones.
+        self.handled = Counters(
             "grpc_server_handled",
             "gRPC calls completed, by service, method and status code.",
             ["grpc_service", "grpc_method", "grpc_code"],
-            registry=self.registry,
+            self.registry,
         )
-        self.handling = Histogram(
+        self.handling = Histograms(
             "grpc_server_handling_seconds",
             "Time from a gRPC call's start to its end, by service and method.",
             ["grpc_service", "grpc_method"],
-            buckets=HANDLING_BUCKETS,
+            HANDLING_BUCKETS,
+            self.registry,
+        )
+        self.health_serving = Gauge(
+            "aqueduct_health_serving",
+            "1 while a name this service reports gRPC health for (each of its services, "
+            "and auth's stores) is SERVING.",
+            ["health_name"],
+            registry=self.registry,
+        )
+        self.health_transitions = Counter(
+            "aqueduct_health_transitions",
+            "Changes of a health name's status, by the status it changed to.",
+            ["health_name", "to"],
             registry=self.registry,
         )
         # Awaited before each scrape: state that needs I/O to read (database totals).
@@ -80,14 +95,7 @@ class ServiceMetrics:
     def measure(self, behavior: Behavior, method: str) -> Behavior:
         """`behavior` that counts its calls by final status code."""
         service, _, name = method.lstrip("/").rpartition("/")
-        handling = self.handling.labels(service, name)
-        by_code: dict[str, Any] = {}
-
-        def count(code: str) -> None:
-            counter = by_code.get(code)
-            if counter is None:
-                counter = by_code[code] = self.handled.labels(service, name, code)
-            counter.inc()
+        handling, handled = self.handling.labels(service, name), self.handled
 
         async def measured(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
@@ -105,7 +113,7 @@ class ServiceMetrics:
                 code = "UNKNOWN"
                 raise
             finally:
-                count(code)
+                handled.labels(service, name, code).inc()
                 handling.observe(time.perf_counter() - started)
 
         return measured

@@ -2,23 +2,36 @@
 
 Each service keeps its migrations beside its store and records its revision in
 its own version table, so several services can upgrade one shared database
-independently.
+independently. A database already at the newest revision (every start but the
+first after an upgrade) is recognised without importing Alembic. One that is
+not is upgraded by a short-lived child process (`python -m
+services.common.migrations`, told what to do on its stdin): Alembic, Mako and
+the migration work would otherwise stay in the service's memory for its whole
+life (10-14 MiB). A SQLite database is upgraded in-process: a child's writes to
+the file left this process's other connections to it failing with "disk I/O
+error" (two services' stores in one process, as in the tests' in-process stack).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import re
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, inspect, text
+from sqlalchemy import MetaData, create_engine, inspect, text
 from sqlalchemy.engine import Engine
+
+# A migration of a large ledger may take long; past this the service gives up starting.
+CHILD_TIMEOUT_S = 3600.0
+
+REVISION = re.compile(r"""^(down_)?revision(?::[^=]*)? = (?:["']([^"']+)["']|None)""", re.M)
 
 
 def migrate(
@@ -35,6 +48,59 @@ def migrate(
     stamped at that revision instead of having its tables created again.
     The directory's env.py takes the engine from `config.attributes["engine"]`.
     """
+    head = head_revision(directory)
+    if head is not None and current_revision(engine, version_table) == head:
+        return
+    if _migrated_in_child(engine):
+        _upgrade_in_child(engine, directory, version_table, adopt)
+    else:
+        upgrade(engine, directory, version_table, adopt)
+
+
+class MigrationFailed(RuntimeError):
+    """The child process upgrading the database failed (its error is in its log)."""
+
+
+def _migrated_in_child(engine: Engine) -> bool:
+    # Not SQLite: a child's writes to a SQLite file left this process's other
+    # connections to it (another service's store in the same process, as in the
+    # tests' in-process stack) failing with "disk I/O error".
+    return engine.dialect.name != "sqlite"
+
+
+def _upgrade_in_child(
+    engine: Engine, directory: Path, version_table: str, adopt: tuple[str, str] | None
+) -> None:
+    # On stdin, not the command line: the URL may hold the database's password.
+    task = {
+        "url": engine.url.render_as_string(hide_password=False),
+        "directory": str(directory),
+        "version_table": version_table,
+        "adopt": adopt,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "services.common.migrations"],
+        input=json.dumps(task).encode(),
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise MigrationFailed(
+            f"upgrading {version_table} failed in a child process (exit code {done.returncode})"
+        )
+
+
+def upgrade(
+    engine: Engine,
+    directory: Path,
+    version_table: str,
+    adopt: tuple[str, str] | None = None,
+) -> None:
+    """Alembic's upgrade to the newest revision, in this process (see `migrate`)."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
     config = Config()
     config.set_main_option("script_location", str(directory))
     config.attributes["engine"] = engine
@@ -50,6 +116,28 @@ def migrate(
             if legacy:
                 command.stamp(config, revision)
         command.upgrade(config, "head")
+
+
+def head_revision(directory: Path) -> str | None:
+    """The newest revision in `directory` (the one no other revises), read from
+    the migration files; None when that is not one clear revision (let Alembic judge)."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in (directory / "versions").glob("*.py"):
+        for down, revision in REVISION.findall(path.read_text()):
+            if revision:
+                (revised if down else revisions).add(revision)
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
+
+
+def current_revision(engine: Engine, version_table: str) -> str | None:
+    """The revision the database records; None if none (or several: branches)."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(version_table):
+            return None
+        rows = connection.execute(text(f"SELECT version_num FROM {version_table}")).all()
+    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 def run_env(metadata: MetaData, version_table: str) -> None:
@@ -98,3 +186,24 @@ def one_at_a_time(engine: Engine, name: str) -> Iterator[None]:
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
         yield
+
+
+def _child() -> None:
+    """`python -m services.common.migrations`: the upgrade `migrate` hands over."""
+    from core import logs
+
+    task = json.load(sys.stdin)
+    version_table = task["version_table"]
+    logs.setup(
+        version_table.removesuffix("_alembic_version"), os.environ.get("AQUEDUCT_LOG_LEVEL", "INFO")
+    )
+    engine = create_engine(task["url"])
+    try:
+        adopt = task["adopt"]
+        upgrade(engine, Path(task["directory"]), version_table, tuple(adopt) if adopt else None)
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    _child()

@@ -28,6 +28,10 @@ class Settings:
     extract_workers: int = 2
     # How often expired files are purged.
     purge_interval_s: float = 60.0
+    # How long a stored Responses API answer is kept (OpenAI keeps them 30 days).
+    responses_ttl_s: int = 30 * 24 * 3600
+    # Largest stored answer: response, input items and conversation together.
+    max_response_bytes: int = 2 * MB
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -42,4 +46,6 @@ class Settings:
             extract_timeout_s=env_float("AQUEDUCT_EXTRACT_TIMEOUT_S", 30.0, minimum=0.1),
             extract_workers=env_int("AQUEDUCT_EXTRACT_WORKERS", 2, minimum=1),
             purge_interval_s=env_float("AQUEDUCT_FILES_PURGE_INTERVAL_S", 60.0, minimum=0.1),
+            responses_ttl_s=env_int("AQUEDUCT_RESPONSES_TTL_S", 30 * 24 * 3600, minimum=60),
+            max_response_bytes=env_int("AQUEDUCT_MAX_STORED_RESPONSE_MB", 2, minimum=1) * MB,
         )

@@ -17,14 +17,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core.media import image_type
+
 SUPPORTED = "PDF, plain text, Markdown, CSV, JSON, HTML, PNG, JPEG, GIF, WebP"
 
-IMAGE_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
 TEXT_TYPES = {
     "text/plain": "text",
     "text/markdown": "text",
@@ -96,11 +92,9 @@ def detect(filename: str, content_type: str, data: bytes) -> tuple[str, str]:
     declared = content_type.split(";")[0].strip().lower()
     if b"%PDF-" in data[:1024]:
         return "pdf", "application/pdf"
-    for magic, media in IMAGE_MAGIC:
-        if data.startswith(magic):
-            return "image", media
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image", "image/webp"
+    media = image_type(data)
+    if media is not None:
+        return "image", media
     if declared == "application/pdf" or filename.lower().endswith(".pdf"):
         raise ExtractError(
             "FILE_CORRUPT", f"File '{filename}' is not a readable PDF: it has no PDF header."

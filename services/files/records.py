@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass
 
 # OpenAI: "files with purpose=batch expire after 30 days" unless told otherwise.
-DEFAULT_EXPIRY_S = {"batch": 30 * 24 * 3600}
+DEFAULT_EXPIRY_S = {"batch": 30 * 24 * 3600, "batch_output": 30 * 24 * 3600}
 MAX_FILENAME_CHARS = 255
 
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -50,3 +50,16 @@ class FileRecord:
     created_at: int
     content_type: str
     expires_at: int | None = None
+
+
+@dataclass(frozen=True)
+class KeptResponse:
+    """A Responses API answer the edge asked to keep (JSON texts, opaque here)."""
+
+    id: str
+    team: str
+    created_at: int
+    expires_at: int
+    response_json: str
+    input_items_json: str
+    conversation_json: str

@@ -9,15 +9,26 @@ was made by `create_all` before there were migrations.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Integer, String, create_engine, event, func, select
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
 
 from services.common import migrations
-from services.files.records import FileRecord
+from services.files.records import FileRecord, KeptResponse
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "files_alembic_version"
@@ -54,6 +65,31 @@ class StoredFile(Base):
             created_at=self.created_at,
             content_type=self.content_type,
             expires_at=self.expires_at,
+        )
+
+
+class StoredResponse(Base):
+    """A kept Responses API answer; the JSON texts are the edge's, kept as sent."""
+
+    __tablename__ = "stored_responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    team: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    response_json: Mapped[str] = mapped_column(Text)
+    input_items_json: Mapped[str] = mapped_column(Text)
+    conversation_json: Mapped[str] = mapped_column(Text)
+
+    def to_record(self) -> KeptResponse:
+        return KeptResponse(
+            id=self.id,
+            team=self.team,
+            created_at=self.created_at,
+            expires_at=self.expires_at,
+            response_json=self.response_json,
+            input_items_json=self.input_items_json,
+            conversation_json=self.conversation_json,
         )
 
 
@@ -170,6 +206,39 @@ class FileStore:
             row = session.scalar(select(StoredFile).where(StoredFile.id == file_id))
             if row is not None:
                 session.delete(row)
+
+    # --- kept Responses API answers --------------------------------------------
+
+    def put_response(self, record: KeptResponse) -> bool:
+        """Insert; False when the id is already kept."""
+        with self._sessions.begin() as session:
+            if session.get(StoredResponse, record.id) is not None:
+                return False
+            session.add(StoredResponse(**dataclasses.asdict(record)))
+        return True
+
+    def get_response(self, team: str, response_id: str, now: int) -> KeptResponse | None:
+        with self._sessions() as session:
+            row = session.get(StoredResponse, response_id)
+            if row is None or row.team != team or row.expires_at <= now:
+                return None
+            return row.to_record()
+
+    def delete_response(self, team: str, response_id: str, now: int) -> bool:
+        with self._sessions.begin() as session:
+            result = session.execute(
+                delete(StoredResponse).where(
+                    StoredResponse.id == response_id,
+                    StoredResponse.team == team,
+                    StoredResponse.expires_at > now,
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def purge_responses(self, now: int) -> int:
+        with self._sessions.begin() as session:
+            result = session.execute(delete(StoredResponse).where(StoredResponse.expires_at <= now))
+            return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _usage(session: Session, team: str, now: int) -> int:

@@ -14,19 +14,29 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 from services.inference import models_file
 from services.inference.config import Settings
+from services.inference.forwarded import LocalModelsPeer
 from services.inference.generation import Backend
-from services.inference.registry import ModelRegistry, backend_key, build_registry
+from services.inference.registry import (
+    ModelRegistry,
+    backend_key,
+    build_registry,
+    import_backends,
+)
 
 log = logging.getLogger(__name__)
 
 
 class Catalog:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, peer: LocalModelsPeer | None = None) -> None:
         self.settings = settings
-        self.current = build_registry(models_file.load(settings.models_config), settings)
+        self.peer = peer  # the worker that runs the local models, when not this one
+        config = models_file.load(settings.models_config)
+        import_backends(config, peer)
+        self.current = build_registry(config, settings, None, peer)
         self._retiring: list[ModelRegistry] = []
         self._closing: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
@@ -55,9 +65,9 @@ class Catalog:
         async with self._reload_lock:
             old = self.current
             try:
-                config = await asyncio.to_thread(models_file.load, path)
+                config = await asyncio.to_thread(_load_with_backends, path, self.peer)
                 reuse = {backend_key(m.spec): m for m in old.models}
-                registry = build_registry(config, self.settings, reuse)
+                registry = build_registry(config, self.settings, reuse, self.peer)
             except Exception as error:
                 log.error("models file not reloaded; keeping the current models: %s", error)
                 return False
@@ -109,3 +119,10 @@ async def _close_all(backends: set[Backend]) -> None:
             await backend.close()
         except Exception:
             log.exception("closing a model backend failed")
+
+
+def _load_with_backends(path: Path, peer: LocalModelsPeer | None) -> models_file.ModelsConfig:
+    """The models file, with the engines it needs imported (in a worker thread)."""
+    config = models_file.load(path)
+    import_backends(config, peer)
+    return config

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import env, env_float, env_int, listen_address
+from core.config import ConfigError, addresses_in, env, env_float, env_int, listen_address
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,12 @@ class Settings:
     # How long a prepared call may wait for its request. Clients use theirs for
     # much less (the edge: edge/prepared_calls.py); this ends forgotten ones.
     idle_call_s: float = 300.0
+    # Output tokens reserved for a key-bearing internal caller's request without
+    # max_tokens (the edge's AQUEDUCT_RESERVE_OUTPUT_TOKENS, for the same request).
+    reserve_output_tokens: int = 512
+    # Where the worker that runs the local models listens, when this worker
+    # is not it (AQUEDUCT_LOCAL_MODELS_ADDR); "": this process runs them.
+    local_models_address: str = ""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -47,4 +53,13 @@ class Settings:
             upstream_pool_wait_s=env_float("AQUEDUCT_UPSTREAM_POOL_WAIT_S", 5.0, minimum=0.0),
             upstream_eject_after=env_int("AQUEDUCT_UPSTREAM_EJECT_AFTER", 3, minimum=1),
             upstream_cooldown_s=env_float("AQUEDUCT_UPSTREAM_COOLDOWN_S", 10.0, minimum=0.0),
+            reserve_output_tokens=env_int("AQUEDUCT_RESERVE_OUTPUT_TOKENS", 512, minimum=1),
+            local_models_address=_one_address("AQUEDUCT_LOCAL_MODELS_ADDR"),
         )
+
+
+def _one_address(name: str) -> str:
+    addresses = addresses_in(name, env(name, ""))
+    if len(addresses) > 1:
+        raise ConfigError(f"{name}: one host:port, not a list")
+    return addresses[0] if addresses else ""

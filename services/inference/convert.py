@@ -8,16 +8,20 @@ from core.enum_names import FINISH_REASONS
 from core.errors import Kind, ServiceError
 from services.inference.embedding import EmbeddingInput, EmbedRequest
 from services.inference.generation import (
+    AudioInput,
     ChatRequest,
     CompletionRequest,
     Delta,
     Finish,
+    ImageInput,
     Message,
+    Part,
     Prompt,
     ResponseFormat,
     Sampling,
     ToolCall,
 )
+from services.inference.openai_backend import OpenAIBackend
 from services.inference.registry import ServedModel
 
 RESPONSE_FORMATS = {
@@ -63,25 +67,52 @@ def sampling(s: pb.SamplingParams) -> Sampling:
 def chat_request(message: pb.StreamChatCompletionRequest) -> ChatRequest:
     return ChatRequest(
         model=message.model,
-        messages=tuple(
-            Message(
-                m.role,
-                m.content,
-                m.name,
-                tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
-                m.tool_call_id,
-            )
-            for m in message.messages
-        ),
+        messages=tuple(_message(i, m) for i, m in enumerate(message.messages)),
         sampling=sampling(message.sampling),
         user=message.user,
         fallback_models=tuple(message.fallback_models),
         allowed_models=tuple(message.allowed_models),
+        configured_fallbacks=not message.no_configured_fallbacks,
         tools_json=message.tools_json,
         tool_choice_json=message.tool_choice_json,
         parallel_tool_calls=(
             message.parallel_tool_calls if message.HasField("parallel_tool_calls") else None
         ),
+    )
+
+
+def _message(index: int, m: pb.ChatMessage) -> Message:
+    parts = tuple(_part(f"messages[{index}].content[{j}]", p) for j, p in enumerate(m.parts))
+    content = "\n".join(p for p in parts if isinstance(p, str)) if parts else m.content
+    return Message(
+        m.role,
+        content,
+        m.name,
+        tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+        m.tool_call_id,
+        parts,
+    )
+
+
+def _part(param: str, p: pb.ContentPart) -> Part:
+    kind = p.WhichOneof("part")
+    if kind == "image":
+        i = p.image
+        if not i.url and not (i.data and i.media_type.startswith("image/")):
+            raise _bad_part(param, "an image part needs a url, or data and an image media_type")
+        return ImageInput(
+            url=i.url, data=i.data, media_type=i.media_type, detail=i.detail, filename=i.filename
+        )
+    if kind == "audio":
+        if not p.audio.data or not p.audio.format:
+            raise _bad_part(param, "an audio part needs data and a format")
+        return AudioInput(p.audio.data, p.audio.format)
+    return p.text
+
+
+def _bad_part(param: str, problem: str) -> ServiceError:
+    return ServiceError(
+        Kind.INVALID_ARGUMENT, "INVALID_CONTENT_PART", f"{param}: {problem}.", param=param
     )
 
 
@@ -100,6 +131,7 @@ def completion_request(message: pb.StreamCompletionRequest) -> CompletionRequest
         user=message.user,
         fallback_models=tuple(message.fallback_models),
         allowed_models=tuple(message.allowed_models),
+        configured_fallbacks=not message.no_configured_fallbacks,
     )
 
 
@@ -137,14 +169,37 @@ def embed_request(message: pb.CreateEmbeddingsRequest) -> EmbedRequest:
         user=message.user,
         fallback_models=tuple(message.fallback_models),
         allowed_models=tuple(message.allowed_models),
+        configured_fallbacks=not message.no_configured_fallbacks,
         input_type=message.input_type,
     )
 
 
 def model_message(model_id: str, served: ServedModel) -> pb.Model:
     return pb.Model(
-        id=model_id, owned_by=served.spec.owned_by, created=served.created, root=served.spec.name
+        id=model_id,
+        owned_by=served.spec.owned_by,
+        created=served.created,
+        root=served.spec.name,
+        capabilities=served.spec.capabilities,
+        backend=served.spec.backend,
+        upstreams=upstream_health(served),
     )
+
+
+def upstream_health(served: ServedModel) -> list[pb.UpstreamHealth]:
+    """Each upstream replica's circuit state now (what /metrics shows too)."""
+    backend = served.backend
+    if not isinstance(backend, OpenAIBackend):
+        return []
+    return [
+        pb.UpstreamHealth(
+            label=replica.target.label,
+            state=backend.balancer.state(replica),
+            in_flight=replica.outstanding,
+            failures=replica.failed_total,
+        )
+        for replica in backend.balancer.replicas
+    ]
 
 
 def summary_message(finish: Finish, model: str, provider: str = "") -> pb.Summary:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
-
-import numpy as np
-from numpy.typing import NDArray
 
 from services.inference.generation import Backend
 
@@ -23,11 +21,14 @@ class EmbedRequest:
     fallback_models: tuple[str, ...] = ()
     allowed_models: tuple[str, ...] = ()  # the caller's models (a key's list); (): all
     input_type: str = ""  # "query" | "passage" | "" (the model's default)
+    configured_fallbacks: bool = True  # False: not the models file's fallbacks
 
 
 @dataclass(frozen=True, slots=True)
 class Embeddings:
-    vectors: NDArray[np.float32]  # one row per input, in input order
+    # One row per input, in input order (float32 values; an upstream's arrive as
+    # array("f") rows, without numpy, which a gateway of upstreams never loads).
+    vectors: Sequence[Sequence[float]]
     prompt_tokens: int
 
 

@@ -25,12 +25,46 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """An image part: a URL the upstream fetches (passed on as given), or the
+    image's bytes with their media type."""
+
+    url: str = ""
+    data: bytes = b""
+    media_type: str = ""
+    detail: str = ""  # OpenAI `detail`; "" unset
+    filename: str = ""  # the file it came from, for messages only
+
+
+@dataclass(frozen=True, slots=True)
+class AudioInput:
+    data: bytes
+    format: str  # "wav" | "mp3"
+
+
+Part = str | ImageInput | AudioInput
+# The models-file capability each kind of part needs.
+PART_CAPABILITY: dict[type, str] = {ImageInput: "vision", AudioInput: "audio"}
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     role: str
-    content: str
+    content: str  # the text; with `parts`, their text parts joined
     name: str = ""
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    # The content as parts (one per OpenAI content part), when it has media; () otherwise.
+    parts: tuple[Part, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MediaNeed:
+    """The first part of a request that needs a capability, to name in errors."""
+
+    capability: str
+    param: str  # messages[i].content[j]
+    part: ImageInput | AudioInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +103,23 @@ class ChatRequest:
     user: str = ""
     fallback_models: tuple[str, ...] = ()  # tried in order when `model` cannot serve
     allowed_models: tuple[str, ...] = ()  # the caller's models (a key's list); (): all
+    configured_fallbacks: bool = True  # False: not the models file's fallbacks
     tools_json: str = ""  # OpenAI `tools`, JSON array text; "" when none
     tool_choice_json: str = ""  # OpenAI `tool_choice` as JSON; "" when unset
     parallel_tool_calls: bool | None = None
+
+    @property
+    def media_needs(self) -> tuple[MediaNeed, ...]:
+        """For each capability the request's parts need, the first part needing it."""
+        first: dict[str, MediaNeed] = {}
+        for i, message in enumerate(self.messages):
+            for j, part in enumerate(message.parts):
+                if isinstance(part, str):
+                    continue
+                capability = PART_CAPABILITY[type(part)]
+                if capability not in first:
+                    first[capability] = MediaNeed(capability, f"messages[{i}].content[{j}]", part)
+        return tuple(first.values())
 
     @property
     def uses_tools(self) -> bool:
@@ -97,6 +145,7 @@ class CompletionRequest:
     user: str = ""
     fallback_models: tuple[str, ...] = ()
     allowed_models: tuple[str, ...] = ()
+    configured_fallbacks: bool = True
 
 
 @dataclass(frozen=True, slots=True)

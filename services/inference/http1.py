@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import ssl
 import time
 import zlib
@@ -36,6 +37,7 @@ PAUSE_READING_BYTES = 1024 * 1024  # unread body beyond this: stop reading the s
 # gigabytes). Past either, the answer is malformed (the caller's 502).
 MAX_HEADER_BYTES = 64 * 1024
 MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+INFLATE_STEP = 1024 * 1024
 
 
 class UpstreamClosed(ConnectionError):
@@ -95,14 +97,20 @@ class Response:
     def _body(self, data: bytes) -> None:
         if self._error is not None:
             return
-        if self._decoder is not None:
+        if self._decoder is None:
+            self._keep(data)
+            return
+        # At most INFLATE_STEP bytes a step, never past the budget (+1 to notice):
+        # memory stays bounded, and zlib never grows one huge output buffer.
+        while data:
             budget = MAX_DECOMPRESSED_BYTES - self._inflated
-            try:  # never more than the budget (+1 to notice): memory stays bounded
-                data = self._decoder.decompress(data, budget + 1)
+            try:
+                out = self._decoder.decompress(data, min(budget + 1, INFLATE_STEP))
             except zlib.error as error:
                 self._fail(MalformedResponse(f"body does not decompress: {error}"))
                 return
-            self._inflated += len(data)
+            data = self._decoder.unconsumed_tail
+            self._inflated += len(out)
             if self._inflated > MAX_DECOMPRESSED_BYTES:
                 self._connection._broken(
                     MalformedResponse(
@@ -111,6 +119,9 @@ class Response:
                     )
                 )
                 return
+            self._keep(out)
+
+    def _keep(self, data: bytes) -> None:
         if data:
             self._chunks.append(data)
             self._buffered += len(data)
@@ -158,7 +169,11 @@ class Response:
             if self._complete:
                 return None
             if self._error is not None:
-                raise self._error
+                # A copy: raised itself, the kept error would hold its traceback,
+                # which holds this frame and so this response and its error, a
+                # cycle that keeps the caller's frames (a body read so far: up
+                # to MAX_DECOMPRESSED_BYTES) until the cyclic collector runs.
+                raise copy.copy(self._error)
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         chunks, self._chunks, self._buffered = self._chunks, [], 0
@@ -167,13 +182,21 @@ class Response:
 
     async def read_all(self, limit: int, too_large: Callable[[], Exception]) -> bytes:
         """The whole (remaining) body, at most `limit` bytes."""
-        parts, size = [], 0
-        while (chunks := await self.take()) is not None:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise too_large()
-                parts.append(chunk)
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while (chunks := await self.take()) is not None:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large()
+                    parts.append(chunk)
+        except BaseException:
+            # The error's traceback keeps this frame, so its locals, alive for
+            # as long as anyone holds the error: let go of the body now.
+            parts.clear()
+            chunks = None
+            raise
         return b"".join(parts)
 
     def close(self) -> None:

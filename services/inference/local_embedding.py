@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from core.errors import Kind, ServiceError
 from services.inference.embedding import Embeddings, EmbedRequest
@@ -83,8 +82,9 @@ class LocalEmbeddingModel:
             self._in_flight -= 1
         return Embeddings(matrix, prompt_tokens)
 
-    def _encode(self, texts: list[str], is_query: bool) -> tuple[NDArray[np.float32], int]:
+    def _encode(self, texts: list[str], is_query: bool) -> tuple[list[list[float]], int]:
         """Runs on the model's thread."""
         matrix = self._model.encode(texts, is_query)
         prompt_tokens = sum(self._model.token_count(t, is_query) for t in texts)
-        return np.asarray(matrix, dtype=np.float32).reshape(len(texts), DIMENSIONS), prompt_tokens
+        rows = np.asarray(matrix, dtype=np.float32).reshape(len(texts), DIMENSIONS)
+        return rows.tolist(), prompt_tokens

@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from opentelemetry.trace import Span
 
+from core import tracing
 from core.errors import Kind, ServiceError
 from services.inference.constraints import grammar_text
 from services.inference.generation import (
@@ -86,6 +89,30 @@ class _Job:
     request: ChatRequest | CompletionRequest
     emit: Callable[[object], object]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float = 0.0  # when the model's thread took it (0: not yet)
+
+
+def _end_span(span: Span, job: _Job, outcome: Finish | BaseException | None) -> None:
+    attributes: dict[str, Any] = {}
+    if job.started_at:
+        attributes["aqueduct.local.queue_wait_ms"] = round(
+            1000 * (job.started_at - job.queued_at), 3
+        )
+    error = None
+    if isinstance(outcome, Finish):
+        attributes["gen_ai.usage.input_tokens"] = outcome.prompt_tokens
+        attributes["gen_ai.usage.output_tokens"] = outcome.completion_tokens
+        attributes["gen_ai.response.finish_reasons"] = [
+            reason for _, reason in sorted(outcome.finish_reasons.items())
+        ]
+    elif isinstance(outcome, ServiceError):
+        error = outcome.reason
+    elif outcome is not None:
+        error = type(outcome).__name__
+    else:
+        error = "cancelled"  # the caller went away before the end
+    tracing.end(span, error, **attributes)
 
 
 class LocalChatModel:
@@ -225,9 +252,11 @@ class LocalChatModel:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         job = _Job(request, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item))
+        span = self._span(request)
         self._jobs.add(job)
         future = loop.run_in_executor(self._executor, self._generate, job)
         future.add_done_callback(lambda _: self._jobs.discard(job))
+        outcome: Finish | BaseException | None = None
         try:
             while True:
                 items = [await queue.get()]
@@ -238,17 +267,38 @@ class LocalChatModel:
                     yield batch
                 last = items[-1]
                 if isinstance(last, BaseException):
+                    outcome = last
                     raise last
                 if isinstance(last, Finish):
+                    outcome = last
                     yield last
                     return
         finally:
             job.cancelled.set()  # the thread stops at its next token
+            if span is not None:
+                _end_span(span, job, outcome)
+
+    def _span(self, request: ChatRequest | CompletionRequest) -> Span | None:
+        """A span for the generation, from queued to finished (OpenTelemetry GenAI names)."""
+        if not tracing.STATE.enabled:
+            return None
+        chat = isinstance(request, ChatRequest)
+        return tracing.start(
+            f"{'chat' if chat else 'text_completion'} {self.model_id}",
+            attributes={
+                "gen_ai.operation.name": "chat" if chat else "text_completion",
+                "gen_ai.provider.name": "aqueduct.local",
+                "gen_ai.request.model": self.model_id,
+                # Made before the job joins the queue: every request in it is ahead.
+                "aqueduct.local.requests_ahead": self.in_flight,
+            },
+        )
 
     def _generate(self, job: _Job) -> None:
         """Runs on the model's thread: the whole decode loop for one request."""
         if job.cancelled.is_set():
             return
+        job.started_at = time.monotonic()
         try:
             finish = self._decode(job)
             if finish is not None:

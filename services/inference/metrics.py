@@ -9,13 +9,17 @@ credentials: Upstream.label): both come from the operator's models file, so the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.inference.local_model import LocalChatModel
+from services.inference.forwarded import ForwardedModel
 from services.inference.openai_backend import OpenAIBackend
 from services.inference.registry import ModelRegistry
+
+if TYPE_CHECKING:  # imported only where the models file has a local model
+    from services.inference.local_model import LocalChatModel
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
 
@@ -76,8 +80,10 @@ class InferenceCollector(Collector):
                     state = backend.balancer.state(replica)
                     for name in CIRCUIT_STATES:
                         circuit.add_metric([*at, name], 1.0 if name == state else 0.0)
-            elif isinstance(backend, LocalChatModel):
-                running = min(backend.in_flight, 1)  # one generation at a time
+            elif served.spec.backend == "local" and not isinstance(backend, ForwardedModel):
+                # The bundled model, run here (not forwarded to the worker that runs it).
+                waiting = cast("LocalChatModel", backend).in_flight
+                running = min(waiting, 1)  # one generation at a time
                 active.add_metric([model], running)
-                queued.add_metric([model], backend.in_flight - running)
+                queued.add_metric([model], waiting - running)
         yield from (attempts, failures, ejections, in_flight, circuit, retries, queued, active)

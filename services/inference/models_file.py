@@ -18,7 +18,7 @@ from core.config import ConfigError
 
 BACKENDS = ("local", "openai", "local-embedding")
 # What each backend can do: chat completions, embeddings.
-CAPABILITIES = {
+OPERATIONS = {
     "local": frozenset({"chat"}),
     "openai": frozenset({"chat", "embeddings"}),
     "local-embedding": frozenset({"embeddings"}),
@@ -33,7 +33,14 @@ MODEL_KEYS = {
     "path",
     "fallbacks",
     "owned_by",
+    "capabilities",
+    "inline_images",
 }
+INLINE_IMAGES_KEYS = {"allow_private", "max_mb", "total_mb", "timeout_s"}
+# What a model may take besides text (the models file's `capabilities`), and
+# the backends that can pass such input on.
+MEDIA_CAPABILITIES = ("vision", "audio")
+MEDIA_BACKENDS = frozenset({"openai"})
 UPSTREAM_KEYS = {"url", "api_key", "api_key_env", "model"}
 DEFAULT_LOCAL_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBEDDING_MODEL = "multilingual-e5-small"
@@ -47,6 +54,17 @@ class UpstreamSpec:
 
 
 @dataclass(frozen=True)
+class InlineImages:
+    """`inline_images`: the gateway fetches remote image URLs for this model and
+    sends the images as data URLs (services/inference/image_fetch.py)."""
+
+    allow_private: bool = False  # loopback, private, link-local... addresses
+    max_bytes: int = 10 * 1024 * 1024  # one image
+    max_total_bytes: int = 32 * 1024 * 1024  # all images of one request
+    timeout_s: float = 10.0  # one image: lookup, connect, request and the whole body
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     backend: str
@@ -57,10 +75,14 @@ class ModelSpec:
     path: Path | None = None  # local: a GGUF file; default the bundled model
     fallbacks: tuple[str, ...] = ()
     owned_by: str = "aqueduct"
+    # "vision" (image parts), "audio" (input_audio parts); (): text only.
+    capabilities: tuple[str, ...] = ()
+    inline_images: InlineImages | None = None  # None: remote image URLs pass on as given
 
     @property
-    def capabilities(self) -> frozenset[str]:
-        return CAPABILITIES[self.backend]
+    def operations(self) -> frozenset[str]:
+        """What the backend serves: "chat", "embeddings"."""
+        return OPERATIONS[self.backend]
 
 
 @dataclass(frozen=True)
@@ -112,7 +134,7 @@ def parse(document: Any, source: str) -> ModelsConfig:
         for j, fallback in enumerate(model.fallbacks):
             if fallback not in seen:
                 raise fail(f"models[{i}].fallbacks[{j}]", f"unknown model '{fallback}'")
-            if not model.capabilities & by_id[fallback].capabilities:
+            if not model.operations & by_id[fallback].operations:
                 raise fail(
                     f"models[{i}].fallbacks[{j}]",
                     f"'{fallback}' (backend {by_id[fallback].backend}) cannot serve what "
@@ -157,7 +179,58 @@ def _model(entry: Any, where: str, fail: Any) -> ModelSpec:
         path=Path(path) if path else None,
         fallbacks=_strings(entry, "fallbacks", where, fail),
         owned_by=_string(entry, "owned_by", where, fail) or "aqueduct",
+        capabilities=_capabilities(entry, backend, where, fail),
+        inline_images=_inline_images(entry, where, fail),
     )
+
+
+def _inline_images(entry: dict[str, Any], where: str, fail: Any) -> InlineImages | None:
+    value = entry.get("inline_images")
+    if value is None or value is False:
+        return None
+    where = f"{where}.inline_images"
+    if "vision" not in (entry.get("capabilities") or []):
+        raise fail(where, "needs 'vision' in capabilities")
+    if value is True:
+        return InlineImages()
+    if not isinstance(value, dict):
+        raise fail(where, "must be true or a mapping of allow_private, max_mb, total_mb, timeout_s")
+    for key in value:
+        if key not in INLINE_IMAGES_KEYS:
+            raise fail(f"{where}.{key}", "unknown key")
+    allow = value.get("allow_private", False)
+    if not isinstance(allow, bool):
+        raise fail(f"{where}.allow_private", "must be true or false")
+    mb = 1024 * 1024
+    return InlineImages(
+        allow_private=allow,
+        max_bytes=_whole(value, "max_mb", 10, where, fail) * mb,
+        max_total_bytes=_whole(value, "total_mb", 32, where, fail) * mb,
+        timeout_s=_seconds(value, "timeout_s", 10.0, where, fail),
+    )
+
+
+def _whole(entry: dict[str, Any], key: str, default: int, where: str, fail: Any) -> int:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise fail(f"{where}.{key}", "must be a positive whole number")
+    return value
+
+
+def _capabilities(entry: dict[str, Any], backend: str, where: str, fail: Any) -> tuple[str, ...]:
+    values = _strings(entry, "capabilities", where, fail)
+    for i, value in enumerate(values):
+        if value not in MEDIA_CAPABILITIES:
+            raise fail(
+                f"{where}.capabilities[{i}]",
+                f"unknown capability '{value}'; known: {', '.join(MEDIA_CAPABILITIES)}",
+            )
+    if values and backend not in MEDIA_BACKENDS:
+        raise fail(
+            f"{where}.capabilities",
+            f"backend {backend} takes text only; capabilities need backend openai",
+        )
+    return tuple(dict.fromkeys(values))
 
 
 def _seconds(entry: dict[str, Any], key: str, default: float, where: str, fail: Any) -> float:

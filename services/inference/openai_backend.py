@@ -11,6 +11,7 @@ everything one read delivered is forwarded as one batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from services.inference import tokens
 from services.inference.balancer import Balancer, Replica
 from services.inference.embedding import Embeddings, EmbedRequest
 from services.inference.generation import ChatRequest, CompletionRequest, Event
+from services.inference.image_fetch import ImageFetcher, has_remote_images, inline_remote_images
 from services.inference.models_file import ModelSpec
 from services.inference.openai_wire.chat import ChatChunks, chat_payload
 from services.inference.openai_wire.completions import TextChunks, completion_payload
@@ -69,6 +71,7 @@ class OpenAIBackend:
             cooldown_s=options.cooldown_s,
         )
         self.retries = 0  # attempts after a first one failed (for metrics)
+        self.images = ImageFetcher(spec.inline_images) if spec.inline_images else None
 
     async def start(self) -> None:
         return None
@@ -78,6 +81,20 @@ class OpenAIBackend:
             await replica.target.close()
 
     def stream_chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
+        if self.images is not None and has_remote_images(request):
+            return self._inlined_chat(self.images, request)
+        return self._chat(request)
+
+    async def _inlined_chat(
+        self, fetcher: ImageFetcher, request: ChatRequest
+    ) -> AsyncGenerator[Event, None]:
+        """`inline_images`: remote images fetched here, sent as data URLs."""
+        inlined = await inline_remote_images(fetcher, request)
+        async with contextlib.aclosing(self._chat(inlined)) as events:
+            async for event in events:
+                yield event
+
+    def _chat(self, request: ChatRequest) -> AsyncGenerator[Event, None]:
         return self._generate(
             request,
             "chat/completions",

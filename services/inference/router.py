@@ -6,6 +6,10 @@ anything, and only for failures another model may not share: unavailable
 (no healthy upstream, upstream down, model busy) or rate limited. A request's
 own faults (bad parameters, unknown model) and timeouts end it at once.
 
+A request with image or audio parts goes only to models whose `capabilities`
+take them: the others, the one asked for included, are skipped; when none is
+left it is refused with a 400 naming the part and the model.
+
 A caller limited to some models (an API key's list, `allowed_models`) never
 reaches another one: the models it names must be in its list, and configured
 fallbacks outside it are skipped.
@@ -28,6 +32,7 @@ from services.inference.generation import (
     CompletionBackend,
     CompletionRequest,
     Event,
+    ImageInput,
     Routed,
 )
 from services.inference.registry import ModelRegistry, ServedModel
@@ -58,8 +63,10 @@ def candidates(
     fallbacks: tuple[str, ...],
     operation: str,
     allowed: Collection[str] = (),
+    configured: bool = True,
 ) -> Chain:
-    """The chain for a request; PERMISSION_DENIED if it names a model outside `allowed`."""
+    """The chain for a request; PERMISSION_DENIED if it names a model outside `allowed`.
+    `configured` False: the models it names only, none of their configured fallbacks."""
     ordered: list[ServedModel] = []
     seen: set[str] = set()
     withheld: set[str] = set()
@@ -75,11 +82,11 @@ def candidates(
         if not may_use(allowed, served):
             raise not_allowed(asked, param)
         add(served)
-    position = 0
+    position = 0 if configured else len(ordered)
     while position < len(ordered):  # then configured fallbacks, breadth first
         for name in ordered[position].spec.fallbacks:
             served = registry.resolve(name)
-            if operation not in served.spec.capabilities or served.spec.name in seen:
+            if operation not in served.spec.operations or served.spec.name in seen:
                 continue
             if may_use(allowed, served):
                 add(served)
@@ -87,6 +94,33 @@ def candidates(
                 withheld.add(served.spec.name)
         position += 1
     return Chain(ordered, len(withheld))
+
+
+def capable(chain: Chain, request: ChatRequest) -> Chain:
+    """The chain without the models that cannot take the request's parts."""
+    needs = request.media_needs
+    if not needs:
+        return chain
+    kept = [m for m in chain.models if all(n.capability in m.spec.capabilities for n in needs)]
+    if kept:
+        return Chain(kept, chain.withheld)
+    first = chain.models[0]
+    need = next(n for n in needs if n.capability not in first.spec.capabilities)
+    part = need.part
+    what = (
+        f"File '{part.filename}' in {need.param} is an image (it would go as an image_url part)"
+        if isinstance(part, ImageInput) and part.filename
+        else f"{need.param} is {'an image' if need.capability == 'vision' else 'audio'}"
+    )
+    others = " (nor does any fallback)" if len(chain.models) > 1 else ""
+    raise ServiceError(
+        Kind.INVALID_ARGUMENT,
+        "UNSUPPORTED_CONTENT_TYPE",
+        f"{what}, but model '{request.model}' does not take "
+        f"{'images' if need.capability == 'vision' else 'audio input'}{others}: it has no "
+        f"'{need.capability}' capability.",
+        param=need.param,
+    )
 
 
 def not_allowed(model: str, param: str) -> ServiceError:
@@ -138,8 +172,15 @@ class Router:
     ) -> AsyncGenerator[Event | Routed, None]:
         with self.catalog.lease() as registry:
             chain = candidates(
-                registry, request.model, request.fallback_models, "chat", request.allowed_models
+                registry,
+                request.model,
+                request.fallback_models,
+                "chat",
+                request.allowed_models,
+                request.configured_fallbacks,
             )
+            if isinstance(request, ChatRequest):
+                chain = capable(chain, request)
             failure: ServiceError | None = None
             for served in chain.models:
                 assert served.chat is not None
@@ -168,6 +209,7 @@ class Router:
                 request.fallback_models,
                 "embeddings",
                 request.allowed_models,
+                request.configured_fallbacks,
             )
             failure: ServiceError | None = None
             for served in chain.models:

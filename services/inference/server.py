@@ -8,9 +8,13 @@ import signal
 
 from aqueduct.inference.v1 import inference_pb2, inference_pb2_grpc
 
+from core.channels import open_channel
 from services.common.grpc_server import GrpcService, ServiceHost
+from services.common.identity import EDGE, INFERENCE, Access
 from services.inference.catalog import Catalog
 from services.inference.config import Settings
+from services.inference.forwarded import LocalModelsPeer
+from services.inference.metering import Metering
 from services.inference.metrics import InferenceCollector
 from services.inference.registry import ModelRegistry
 from services.inference.servicer import InferenceServicer
@@ -18,6 +22,11 @@ from services.inference.servicer import InferenceServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+# With mTLS the edge calls as itself, and so does an inference worker handing a
+# request to the one that runs the local models (services.inference.forwarded);
+# any other caller with a certificate from the CA presents an API key and is
+# scoped to it (services.common.key_scope), and metered where it called.
+ACCESS = Access({SERVICE_NAME: frozenset({EDGE, INFERENCE})}, keyed=frozenset({SERVICE_NAME}))
 
 
 class InferenceServer(GrpcService):
@@ -28,9 +37,25 @@ class InferenceServer(GrpcService):
     name = "inference"
 
     def __init__(self, settings: Settings) -> None:
-        self.catalog = Catalog(settings)
-        self.host = ServiceHost(settings.address, [SERVICE_NAME])
-        servicer = InferenceServicer(self.catalog, settings.idle_call_s)
+        self.host = ServiceHost(settings.address, [SERVICE_NAME], access=ACCESS)
+        address = settings.local_models_address
+        # Health-checked: while the owner loads or restarts, its models are
+        # UNAVAILABLE at once here (so fallbacks apply), not sent to a model not loaded.
+        self.peer = (
+            LocalModelsPeer(address, open_channel([address], self.host.tls, health_checked=True))
+            if address
+            else None
+        )
+        self.catalog = Catalog(settings, self.peer)
+        verifier = self.host.verifier  # set when internal callers may present keys
+        metering = (
+            Metering(verifier.channel, settings.reserve_output_tokens)
+            if verifier is not None
+            else None
+        )
+        servicer = InferenceServicer(self.catalog, settings.idle_call_s, metering)
+        if metering is not None:
+            self.host.on_stopped.append(metering.drain)
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self.host.server)
         self.host.on_shutdown.append(servicer.close_idle_calls)
         self.servicer = servicer
@@ -47,6 +72,8 @@ class InferenceServer(GrpcService):
 
     async def close(self) -> None:
         await self.catalog.close()
+        if self.peer is not None:
+            await self.peer.close()
 
     async def reload(self) -> bool:
         return await self.catalog.reload()

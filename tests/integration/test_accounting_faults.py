@@ -320,7 +320,8 @@ def test_a_decompression_bomb_is_a_502_with_memory_flat(
             assert answer.status_code == 502, answer.text
             assert answer.json()["error"]["code"] == "upstream_bad_response"
         growth = _peak_rss_mib(processes["inference"].pid) - before
-        assert growth < 200, f"inference peak RSS grew {growth:.0f} MiB"
+        # The 64 MiB cap, once: a retained body (3 bombs, 3 x 64 MiB) fails this.
+        assert growth < 100, f"inference peak RSS grew {growth:.0f} MiB"
     finally:
         for process in processes.values():
             stop(process)

@@ -14,6 +14,7 @@ import sqlalchemy
 
 from services.auth import store as auth_store
 from services.auth.store import KeyStore
+from services.files import batch_store
 from services.files import store as files_store
 from services.files.records import FileRecord
 from services.files.store import FileStore
@@ -22,6 +23,7 @@ from tests.schema_checks import drift, revision, shape
 from tests.services_available import POSTGRES, POSTGRES_ADMIN_URL, listening
 
 NOW = 1_700_000_000
+FILES_HEAD = "0004"  # 0002: batches, 0003: stored_responses, 0004: batch line starts
 
 needs_postgres = pytest.mark.skipif(
     not listening(POSTGRES), reason="PostgreSQL is not running on 127.0.0.1:5432"
@@ -43,7 +45,10 @@ def record(number: int) -> FileRecord:
 def make_legacy(url: str, *numbers: int) -> None:
     """A `files` table as the service made it before migrations, with some rows."""
     legacy = FileStore(url)
-    files_store.Base.metadata.create_all(legacy.engine)
+    files_store.Base.metadata.create_all(
+        legacy.engine,
+        tables=[files_store.StoredFile.__table__],  # type: ignore[list-item]
+    )
     for number in numbers:
         assert legacy.insert_if_fits(record(number), quota_bytes=0) == (True, 0)
     legacy.close()
@@ -74,7 +79,7 @@ def test_the_files_service_started_from_the_repository_adopts_a_legacy_database(
 
     store = FileStore(url)
     try:
-        assert revision(store.engine, files_store.VERSION_TABLE) == "0001"
+        assert revision(store.engine, files_store.VERSION_TABLE) == FILES_HEAD
         assert store.page("t", NOW, purpose=None, limit=10, after=None, ascending=True) == (
             [record(1), record(2)],
             False,
@@ -117,10 +122,11 @@ def test_auth_and_files_migrate_one_postgres_database(
         files.migrate()
         files_store.Base.metadata.create_all(reference.engine)
 
-        assert revision(keys.engine, auth_store.VERSION_TABLE) == "0002"
-        assert revision(files.engine, files_store.VERSION_TABLE) == "0001"
+        assert revision(keys.engine, auth_store.VERSION_TABLE) == "0005"
+        assert revision(files.engine, files_store.VERSION_TABLE) == FILES_HEAD
         assert drift(keys.engine, auth_store.Base.metadata) == []
         assert drift(files.engine, files_store.Base.metadata) == []
+        assert drift(files.engine, batch_store.BatchBase.metadata) == []
         assert shape(files.engine, "files") == shape(reference.engine, "files")
         tables = set(sqlalchemy.inspect(files.engine).get_table_names())
         assert "alembic_version" not in tables
@@ -147,8 +153,8 @@ def test_a_legacy_postgres_files_table_is_stamped_and_keeps_its_rows(
     files = FileStore(url)
     try:
         files.migrate()
-        assert revision(files.engine, files_store.VERSION_TABLE) == "0001"
-        assert revision(keys.engine, auth_store.VERSION_TABLE) == "0002"
+        assert revision(files.engine, files_store.VERSION_TABLE) == FILES_HEAD
+        assert revision(keys.engine, auth_store.VERSION_TABLE) == "0005"
         assert drift(files.engine, files_store.Base.metadata) == []
         assert files.team_usage("t", NOW) == 60
         # The serial sequence the old table made keeps counting past its rows.
@@ -195,5 +201,5 @@ def test_replicas_starting_together_on_a_new_postgres_database_all_migrate(
         assert failures == []
         table = auth_store.VERSION_TABLE if service == "auth" else files_store.VERSION_TABLE
         check = KeyStore(url)
-        assert revision(check.engine, table) == ("0002" if service == "auth" else "0001")
+        assert revision(check.engine, table) == ("0005" if service == "auth" else FILES_HEAD)
         check.close()

@@ -197,12 +197,31 @@ def test_embeddings_never_5xx(stack: Stack, body: dict[str, Any]) -> None:
     check(httpx.post(f"{stack.base_url}/v1/embeddings", headers=AUTH, json=body, timeout=30))
 
 
+@FUZZ
+@given(
+    body=st.fixed_dictionaries(
+        {},
+        optional={
+            "input_file_id": st.one_of(st.sampled_from(["file-x", ""]), json_any),
+            "endpoint": st.one_of(
+                st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/v2/x"]), json_any
+            ),
+            "completion_window": st.one_of(st.sampled_from(["24h", "1h"]), json_any),
+            "metadata": json_any,
+            "extra": json_any,
+        },
+    )
+)
+def test_batch_create_never_5xx(stack: Stack, body: dict[str, Any]) -> None:
+    check(httpx.post(f"{stack.base_url}/v1/batches", headers=AUTH, json=body, timeout=30))
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"", b"{", b"[]", b"null", b'"x"', b"1e999", b'{"model": NaN}', b"\xff\xfe", b'{"a":' * 5000],
 )
 def test_raw_bodies_never_5xx(stack: Stack, raw: bytes) -> None:
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/batches"):
         check(
             httpx.post(
                 f"{stack.base_url}{path}",
@@ -224,6 +243,8 @@ def test_openapi_document_describes_the_served_routes(stack: Stack) -> None:
         "/v1/embeddings",
         "/v1/models",
         "/v1/files",
+        "/v1/batches",
+        "/v1/batches/{batch_id}/cancel",
         "/v1/admin/keys",
         "/v1/admin/usage",
     ):
@@ -235,6 +256,7 @@ def test_openapi_document_describes_the_served_routes(stack: Stack) -> None:
     for path, operations in document["paths"].items():
         concrete = path.replace("{model_id}", MODEL).replace("{file_id}", "file-x")
         concrete = concrete.replace("{id}", "key_x").replace("{team}", "t")
+        concrete = concrete.replace("{batch_id}", "batch_x")
         for method in operations:
             reply = httpx.request(method.upper(), f"{stack.base_url}{concrete}", timeout=30)
             assert reply.status_code != 404 or "unknown_route" not in reply.text, (method, path)

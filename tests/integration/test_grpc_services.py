@@ -67,6 +67,29 @@ def test_stream_carries_deltas_then_one_summary(stack: Stack) -> None:
     assert "".join(d.content for m in messages[:-1] for d in m.deltas.deltas)
 
 
+def test_the_unary_method_answers_with_the_stream_s_text_and_summary_in_one_message(
+    stack: Stack,
+) -> None:
+    request = pb.StreamChatCompletionRequest(
+        model=MODEL,
+        messages=[pb.ChatMessage(role="user", content="Say hello.")],
+        sampling=pb.SamplingParams(max_tokens=8, temperature=0),
+    )
+    with grpc.insecure_channel(stack.address("inference")) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        streamed = list(stub.StreamChatCompletion(request, timeout=30))
+        whole = stub.ChatCompletion(pb.ChatCompletionRequest(request=request), timeout=30)
+        with pytest.raises(grpc.RpcError) as caught:
+            unknown = pb.StreamChatCompletionRequest(model="nope", messages=request.messages)
+            stub.ChatCompletion(pb.ChatCompletionRequest(request=unknown), timeout=10)
+    text = "".join(d.content for m in streamed[:-1] for d in m.deltas.deltas)
+    assert "".join(d.content for d in whole.deltas.deltas) == text
+    assert whole.deltas.model == MODEL
+    assert whole.summary == streamed[-1].summary
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert error_info(caught.value).reason == "MODEL_NOT_FOUND"
+
+
 def test_unknown_model_is_not_found_with_param(stack: Stack) -> None:
     request = pb.StreamChatCompletionRequest(
         model="nope", messages=[pb.ChatMessage(role="user", content="hi")]

@@ -207,4 +207,11 @@ def test_an_outage_is_retried_with_backoff_and_logged_once(caplog: Any) -> None:
 
     with caplog.at_level(logging.WARNING, logger="services.auth.events"):
         run(scenario)
-    assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) == 1
+    # Only the hub's own records count: the session's shared stack runs an edge in this
+    # process, and on a loaded machine it may log a missed-heartbeat warning meanwhile.
+    warnings = [
+        r
+        for r in caplog.records
+        if r.name == "services.auth.events" and r.levelno >= logging.WARNING
+    ]
+    assert len(warnings) == 1

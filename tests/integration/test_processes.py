@@ -158,7 +158,7 @@ def _gone(pids: set[int]) -> bool:
 def test_make_run_supervisor_serves_and_stops_cleanly(tmp_path: Path) -> None:
     process, base, log = _supervisor(tmp_path)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner")
+        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
         key_file = tmp_path / "data" / "bootstrap-key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         key = key_file.read_text().strip()
@@ -182,7 +182,7 @@ def test_make_run_supervisor_serves_and_stops_cleanly(tmp_path: Path) -> None:
 def test_supervisor_restarts_a_killed_child_and_the_gateway_serves_again(tmp_path: Path) -> None:
     process, base, log = _supervisor(tmp_path)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner")
+        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
         key = (tmp_path / "data" / "bootstrap-key").read_text().strip()
         os.kill(_pid_of(log, "inference"), signal.SIGKILL)
         wait_for(lambda: "inference restarted (pid" in log.read_text(), 30, "the restart")
@@ -210,7 +210,7 @@ def test_supervisor_restarts_a_killed_child_and_the_gateway_serves_again(tmp_pat
 def test_children_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     process, _base, log = _supervisor(tmp_path)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner")
+        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
         process.kill()
         process.wait()
         wait_for(lambda: _gone(_pids(log)), 30, "every child to exit")
@@ -255,7 +255,7 @@ def test_ctrl_c_with_streams_in_flight_keeps_every_finished_requests_row(
         finished.append(text.rstrip().endswith("data: [DONE]"))
 
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner")
+        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
         threads = [threading.Thread(target=stream) for _ in range(10)]
         for thread in threads:
             thread.start()
@@ -270,7 +270,7 @@ def test_ctrl_c_with_streams_in_flight_keeps_every_finished_requests_row(
     assert finished == [True] * 10
     again, base, log = _supervisor(tmp_path, **env)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner")
+        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
         usage = httpx.get(f"{base}/v1/admin/usage", headers=headers, timeout=10).json()
         assert sum(row["requests"] for row in usage["data"]) == 10
     finally:

@@ -41,7 +41,7 @@ def test_a_request_id_is_on_log_lines_of_the_edge_and_every_service(tmp_path: Pa
     log = tmp_path / "run.log"
     process = spawn(["-m", "scripts.run"], env, log)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner")
+        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
         admin = (tmp_path / "data" / "bootstrap-key").read_text().strip()
         # A new key with a limit: its first use is verified by auth and reserves there.
         created = httpx.post(

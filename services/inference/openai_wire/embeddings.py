@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import sys
+from array import array
 from typing import Any
 
-import numpy as np
 import orjson
-from numpy.typing import NDArray
 
 from services.inference.embedding import EmbedRequest
 from services.inference.openai_wire.errors import bad_response, load_object
@@ -29,13 +29,14 @@ def embeddings_payload(request: EmbedRequest, upstream_model: str) -> bytes:
     return orjson.dumps(body)
 
 
-def parse_embeddings(body: bytes, count: int, model: str) -> tuple[NDArray[np.float32], int | None]:
-    """The vectors of an embeddings answer in input order, and its prompt tokens."""
+def parse_embeddings(body: bytes, count: int, model: str) -> tuple[list[array[float]], int | None]:
+    """The vectors of an embeddings answer in input order (float32 rows), and its
+    prompt tokens."""
     answer = load_object(body, model, "the embeddings answer")
     data = answer.get("data")
     if not isinstance(data, list) or len(data) != count:
         raise bad_response(model, f"expected {count} embeddings in 'data'")
-    rows: list[Any] = [None] * count
+    rows: list[array[float] | None] = [None] * count
     for position, item in enumerate(data):
         if not isinstance(item, dict):
             raise bad_response(model, "an embedding is not an object")
@@ -44,18 +45,25 @@ def parse_embeddings(body: bytes, count: int, model: str) -> tuple[NDArray[np.fl
             raise bad_response(model, "embedding indexes are not 0..n-1")
         vector = item.get("embedding")
         try:
-            if isinstance(vector, str):
-                rows[index] = np.frombuffer(base64.b64decode(vector, validate=True), "<f4")
-            else:
-                rows[index] = np.asarray(vector, dtype=np.float32)
-        except (ValueError, TypeError, binascii.Error):
+            rows[index] = _row(vector)
+        except (ValueError, TypeError, OverflowError, binascii.Error):
             raise bad_response(model, "an embedding is not an array of numbers") from None
-    try:
-        matrix = np.vstack(rows).astype(np.float32, copy=False)
-    except ValueError:
-        raise bad_response(model, "the embeddings differ in length") from None
-    if matrix.ndim != 2 or matrix.shape[1] == 0:
+    vectors = [row for row in rows if row is not None]
+    if len({len(row) for row in vectors}) != 1:
+        raise bad_response(model, "the embeddings differ in length")
+    if not vectors[0]:
         raise bad_response(model, "an embedding is empty")
     usage = answer.get("usage")
     prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    return matrix, prompt if isinstance(prompt, int) and prompt >= 0 else None
+    return vectors, prompt if isinstance(prompt, int) and prompt >= 0 else None
+
+
+def _row(vector: Any) -> array[float]:
+    """One embedding as float32: a list of numbers, or base64 of little-endian float32s."""
+    if not isinstance(vector, str):
+        return array("f", vector)
+    row = array("f")
+    row.frombytes(base64.b64decode(vector, validate=True))
+    if sys.byteorder == "big":
+        row.byteswap()
+    return row

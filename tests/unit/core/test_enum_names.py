@@ -5,7 +5,7 @@ from __future__ import annotations
 from aqueduct.files.v1 import files_pb2
 from aqueduct.inference.v1 import inference_pb2
 
-from core.enum_names import FILE_PURPOSES, FINISH_REASONS
+from core.enum_names import BATCH_STATUSES, FILE_PURPOSES, FINISH_REASONS
 
 
 def test_finish_reasons_are_openais_and_round_trip() -> None:
@@ -24,6 +24,20 @@ def test_file_purposes_use_openais_spelling() -> None:
         "vision",
         "fine-tune",
         "evals",
+        "batch_output",  # OpenAI's purpose of a batch's output and error files
     )
     assert FILE_PURPOSES.by_name["fine-tune"] == files_pb2.FILE_PURPOSE_FINE_TUNE
     assert files_pb2.FILE_PURPOSE_UNSPECIFIED not in FILE_PURPOSES
+
+
+def test_batch_statuses_are_openais() -> None:
+    assert BATCH_STATUSES.names == (
+        "validating",
+        "failed",
+        "in_progress",
+        "finalizing",
+        "completed",
+        "expired",
+        "cancelling",
+        "cancelled",
+    )

@@ -190,18 +190,26 @@ def test_unknown_or_foreign_file_id_is_404_on_the_part() -> None:
     assert (caught.value.status, caught.value.param) == (404, "messages[0].content[1].file.file_id")
 
 
-def test_images_are_refused_for_text_only_models() -> None:
+def test_image_files_become_image_parts_with_their_bytes() -> None:
+    """Whether the model takes images is inference's call; the edge sends the
+    image as bytes, beside the message's other parts, in order."""
     call = chat(
+        {"type": "text", "text": "What is this?"},
         {
             "type": "file",
             "file": {"filename": "cat.png", "file_data": data_url(b"\x89PNG", "image/png")},
-        }
+        },
     )
-    with pytest.raises(ApiError) as caught:
-        resolve(FakeFiles({}), call)
-    assert caught.value.status == 400
-    assert "'cat.png'" in caught.value.message and "image_url" in caught.value.message
-    assert "text only" in caught.value.message
+    resolve(FakeFiles({}), call)
+    message = call.request.messages[0]
+    assert message.content == ""
+    text, image = message.parts
+    assert text.text == "What is this?"
+    assert (image.image.data, image.image.media_type, image.image.filename) == (
+        b"\x00",  # what the files service answered: data:image/png;base64,AA==
+        "image/png",
+        "cat.png",
+    )
 
 
 def test_invalid_base64_is_400_on_file_data() -> None:

@@ -54,7 +54,7 @@ class FakeCalls:
     def __init__(self, call: BrokenCall) -> None:
         self.call = call
 
-    async def start(self, request: object) -> BrokenCall:
+    async def start(self, request: object, stream: bool = True) -> BrokenCall:
         return self.call
 
 

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from edge.app import HotRoutes
 from edge.errors import ApiError
+from edge.live_traffic import LiveTraffic
 
 
 async def answer(_: Request) -> Response:
@@ -29,7 +30,9 @@ async def crash(_: Request) -> Response:
 
 def client(chat: object, completions: object) -> TestClient:
     starlette = Starlette(routes=[Route("/v1/chat/completions", answer, methods=["POST"])])
-    starlette.state.gateway = SimpleNamespace(chat=chat, completions=completions)
+    starlette.state.gateway = SimpleNamespace(
+        chat=chat, completions=completions, live=LiveTraffic(threshold=1)
+    )
     return TestClient(HotRoutes(starlette), raise_server_exceptions=False)
 
 
@@ -54,3 +57,19 @@ def test_other_methods_and_paths_go_to_starlette() -> None:
     assert http.get("/v1/chat/completions").status_code == 405  # Starlette's answer
     # Not the fast path: Starlette redirects to the path without the slash.
     assert http.post("/v1/chat/completions/", follow_redirects=False).status_code == 307
+
+
+def test_live_requests_are_counted_while_they_run_so_batches_yield() -> None:
+    seen: list[int] = []
+    live = LiveTraffic(threshold=1)
+
+    async def watch(_: Request) -> Response:
+        seen.append(live.in_flight)
+        return Response(b"ok")
+
+    starlette = Starlette(routes=[])
+    starlette.state.gateway = SimpleNamespace(chat=watch, completions=crash, live=live)
+    http = TestClient(HotRoutes(starlette), raise_server_exceptions=False)
+    assert http.post("/v1/chat/completions").content == b"ok"
+    assert http.post("/v1/completions").status_code == 500  # a crash still leaves
+    assert seen == [1] and live.in_flight == 0

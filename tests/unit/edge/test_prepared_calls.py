@@ -61,6 +61,45 @@ def calls(prepared: Opener, plain: Opener, **options: Any) -> GenerationCalls[An
     return GenerationCalls(prepared, plain, **options)  # type: ignore[arg-type]
 
 
+class FakeUnaryCall:
+    """A unary call: awaited for its answer (or error)."""
+
+    def __init__(self, outcome: object) -> None:
+        self.outcome = outcome
+        self.cancelled = False
+
+    def __await__(self) -> Any:
+        yield from asyncio.sleep(0).__await__()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def done(self) -> bool:
+        return self.cancelled
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+class UnaryOpener:
+    def __init__(self, outcome: object) -> None:
+        self.outcome = outcome
+        self.opened: list[FakeUnaryCall] = []
+        self.requests: list[object] = []
+
+    def __call__(self, request: object) -> FakeUnaryCall:
+        self.requests.append(request)
+        self.opened.append(FakeUnaryCall(self.outcome))
+        return self.opened[-1]
+
+
+def unimplemented() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNIMPLEMENTED, grpc.aio.Metadata(), grpc.aio.Metadata(), "no such method"
+    )
+
+
 def closed_unread() -> grpc.aio.AioRpcError:
     status = to_grpc_status(ServiceError(Kind.UNAVAILABLE, "IDLE_CALL_CLOSED", "idle"))
     return grpc.aio.AioRpcError(
@@ -84,6 +123,66 @@ def test_without_a_prepared_call_the_request_opens_a_plain_one_and_leaves_one_be
     assert generation.ready == 0
     call.finish(answered=True)
     assert generation.ready == 1 and len(prepared.opened) == 1
+
+
+def test_a_request_that_does_not_stream_goes_whole_on_the_unary_method() -> None:
+    prepared, plain, whole = Opener(), Opener(), UnaryOpener("whole answer")
+    generation = calls(prepared, plain, whole=whole)
+
+    async def scenario() -> None:
+        call = await generation.start("request", stream=False)
+        assert await call.read() == "whole answer"
+        call.finish(answered=True)
+
+    run(scenario())
+    assert whole.requests == ["request"]
+    assert plain.opened == [] and prepared.opened == []  # nor a prepared call left behind
+    assert generation.running == 0 and generation.ready == 0
+    assert not whole.opened[0].cancelled
+
+
+def test_a_streamed_request_never_goes_on_the_unary_method() -> None:
+    plain, whole = Opener(["delta"]), UnaryOpener("whole answer")
+    generation = calls(Opener(), plain, whole=whole)
+    call = run(generation.start("request", stream=True))
+    assert run(call.read()) == "delta"
+    assert whole.requests == []
+
+
+def test_a_whole_call_that_ends_unanswered_is_cancelled() -> None:
+    whole = UnaryOpener("whole answer")
+    generation = calls(Opener(), Opener(), whole=whole)
+    call = run(generation.start("request", stream=False))
+    call.finish(answered=False)  # the client left before the answer
+    assert whole.opened[0].cancelled
+
+
+def test_a_service_older_than_the_unary_methods_gets_streams_from_then_on() -> None:
+    prepared, plain, whole = Opener(), Opener(["from a stream"]), UnaryOpener(unimplemented())
+    generation = calls(prepared, plain, whole=whole)
+
+    async def scenario() -> None:
+        call = await generation.start("first", stream=False)
+        assert await call.read() == "from a stream"
+        call.finish(answered=True)
+        await generation.start("second", stream=False)
+
+    run(scenario())
+    assert whole.requests == ["first"]
+    on_streams = plain.requests + [sent for call in prepared.opened for sent in call.sent]
+    assert on_streams == ["first", "second"]  # the second on the prepared call the first left
+    assert generation.whole is None
+
+
+def test_other_failures_of_a_whole_call_are_the_request_s_own() -> None:
+    failure = closed_unread()
+    plain, whole = Opener(), UnaryOpener(failure)
+    generation = calls(Opener(), plain, whole=whole)
+    call = run(generation.start("request", stream=False))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        run(call.read())
+    assert caught.value is failure
+    assert plain.opened == [] and generation.whole is whole
 
 
 def test_the_next_request_goes_as_the_message_of_the_prepared_call() -> None:
@@ -225,6 +324,9 @@ def test_a_request_sent_on_a_prepared_method_decodes_as_its_wrapper(content: str
     [
         (pb.PreparedChatCompletionRequest, pb.StreamChatCompletionRequest),
         (pb.PreparedCompletionRequest, pb.StreamCompletionRequest),
+        # The unary methods' requests are sent the same way (whole_method).
+        (pb.ChatCompletionRequest, pb.StreamChatCompletionRequest),
+        (pb.CompletionRequest, pb.StreamCompletionRequest),
     ],
 )
 def test_each_prepared_request_holds_the_plain_request_as_its_only_field(

@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 
 from core.errors import Kind, ServiceError
+from services.auth import ledger as ledger_module
 from services.auth.keys import KeyRecord, hash_secret, new_key_id
 from services.auth.ledger import UsageLedger
 from services.auth.store import MIGRATIONS, VERSION_TABLE, Base, KeyStore, UsageRow
@@ -192,9 +193,41 @@ def test_a_ledger_from_before_0002_upgrades_with_its_rows_and_then_dedupes(tmp_p
 
     store = KeyStore(url)
     store.migrate()
-    assert revision(store.engine, VERSION_TABLE) == "0002"
+    assert revision(store.engine, VERSION_TABLE) == "0005"
     assert drift(store.engine, Base.metadata) == []  # the models match the migrations
     again = row("a", time.time())
     store.add_usage([again])
     store.add_usage([again])
     assert store.usage_totals({"key_id": "a"}, None)[0]["requests"] == 3
+
+
+def test_a_lone_settle_is_committed_without_the_group_delay(
+    store: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit delay gathers settles that come together; a settle that comes
+    alone (a lightly used replica) does not wait for company."""
+    key_id = new_key_id()
+    now = time.time()
+    delay = 0.00123  # told apart from any other sleep
+    delays: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        if seconds == delay:
+            delays.append(seconds)
+        await real_sleep(seconds)
+
+    monkeypatch.setattr(ledger_module, "COMMIT_DELAY_S", delay)
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+
+    async def scenario() -> None:
+        ledger = UsageLedger(store, retention_days=30)
+        for _ in range(3):  # one at a time: never delayed
+            await ledger.record([row(key_id, now)])
+        assert delays == []
+        await asyncio.gather(*(ledger.record([row(key_id, now)]) for _ in range(5)))
+        await ledger.record([row(key_id, now)])  # after a group: may wait for more
+        assert delays == [delay]
+
+    asyncio.run(scenario())
+    assert store.usage_totals({"key_id": key_id}, None)[0]["requests"] == 9

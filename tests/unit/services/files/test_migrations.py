@@ -1,5 +1,6 @@
 """The files service's schema comes from Alembic: a fresh SQLite database is
-migrated, a database made by the old `create_all` is adopted with its rows, and
+migrated, a database made by the old `create_all` (files only) is adopted with its
+rows and brought to the head, and
 auth and files keep separate histories in one database."""
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from services.auth import store as auth_store
 from services.auth.store import VERSION_TABLE as AUTH_VERSION_TABLE
 from services.auth.store import KeyStore
 from services.files.records import FileRecord
-from services.files.store import VERSION_TABLE, Base, FileStore
+from services.files.store import VERSION_TABLE, Base, FileStore, StoredFile
 from tests.schema_checks import drift, revision, shape
 
 NOW = 1_700_000_000
+HEAD = "0004"  # 0002: batches, 0003: stored_responses, 0004: batch line starts
+
+
+def _legacy_schema(engine: sqlalchemy.engine.Engine) -> None:
+    """What `create_all` made before Alembic: the files table only."""
+    Base.metadata.create_all(engine, tables=[StoredFile.__table__])  # type: ignore[list-item]
 
 
 def record(number: int, team: str = "t") -> FileRecord:
@@ -40,9 +47,9 @@ def test_a_fresh_database_is_migrated_to_the_models_schema(tmp_path: Path, url: 
     store = FileStore(url)
     store.migrate()
     legacy = FileStore(f"sqlite:///{tmp_path / 'legacy.db'}")
-    Base.metadata.create_all(legacy.engine)
+    _legacy_schema(legacy.engine)
     try:
-        assert revision(store.engine, VERSION_TABLE) == "0001"
+        assert revision(store.engine, VERSION_TABLE) == HEAD
         assert drift(store.engine, Base.metadata) == []
         assert shape(store.engine, "files") == shape(legacy.engine, "files")
     finally:
@@ -72,7 +79,7 @@ def test_the_files_store_works_on_a_migrated_database_and_migrating_again_is_har
 
 def test_a_database_made_by_create_all_is_stamped_and_keeps_its_rows(url: str) -> None:
     legacy = FileStore(url)
-    Base.metadata.create_all(legacy.engine)
+    _legacy_schema(legacy.engine)
     for number in (1, 2, 3):
         legacy.insert_if_fits(record(number), quota_bytes=0)
     legacy.close()
@@ -80,7 +87,7 @@ def test_a_database_made_by_create_all_is_stamped_and_keeps_its_rows(url: str) -
     store = FileStore(url)
     store.migrate()
     try:
-        assert revision(store.engine, VERSION_TABLE) == "0001"
+        assert revision(store.engine, VERSION_TABLE) == HEAD
         assert drift(store.engine, Base.metadata) == []
         assert store.get("t", record(2).id, NOW) == record(2)
         assert store.team_usage("t", NOW) == 60
@@ -93,7 +100,7 @@ def test_an_empty_version_table_beside_a_files_table_is_stamped_too(url: str) ->
     """SQLite runs DDL outside the migration's transaction: a start-up killed after
     the table was made but before its revision was written must not wedge the next."""
     legacy = FileStore(url)
-    Base.metadata.create_all(legacy.engine)
+    _legacy_schema(legacy.engine)
     legacy.insert_if_fits(record(1), quota_bytes=0)
     with legacy.engine.begin() as connection:
         connection.execute(
@@ -104,7 +111,7 @@ def test_an_empty_version_table_beside_a_files_table_is_stamped_too(url: str) ->
     store = FileStore(url)
     store.migrate()
     try:
-        assert revision(store.engine, VERSION_TABLE) == "0001"
+        assert revision(store.engine, VERSION_TABLE) == HEAD
         assert store.get("t", record(1).id, NOW) == record(1)
     finally:
         store.close()
@@ -117,8 +124,8 @@ def test_auth_and_files_migrate_one_database_independently(url: str, first: str)
     for migrate in stores if first == "auth" else reversed(stores):
         migrate()
     try:
-        assert revision(keys.engine, AUTH_VERSION_TABLE) == "0002"
-        assert revision(files.engine, VERSION_TABLE) == "0001"
+        assert revision(keys.engine, AUTH_VERSION_TABLE) == "0005"
+        assert revision(files.engine, VERSION_TABLE) == HEAD
         tables = set(sqlalchemy.inspect(files.engine).get_table_names())
         assert {"api_keys", "teams", "usage_records", "files"} <= tables
         assert {AUTH_VERSION_TABLE, VERSION_TABLE} <= tables
@@ -136,15 +143,15 @@ def test_a_legacy_files_table_beside_migrated_auth_tables_is_stamped(url: str) -
     keys = KeyStore(url)
     keys.migrate()
     legacy = FileStore(url)
-    Base.metadata.create_all(legacy.engine)
+    _legacy_schema(legacy.engine)
     legacy.insert_if_fits(record(1), quota_bytes=0)
     legacy.close()
 
     files = FileStore(url)
     files.migrate()
     try:
-        assert revision(files.engine, VERSION_TABLE) == "0001"
-        assert revision(keys.engine, AUTH_VERSION_TABLE) == "0002"
+        assert revision(files.engine, VERSION_TABLE) == HEAD
+        assert revision(keys.engine, AUTH_VERSION_TABLE) == "0005"
         assert files.get("t", record(1).id, NOW) == record(1)
     finally:
         keys.close()

@@ -153,7 +153,7 @@ def test_timeouts_and_local_embedding() -> None:
     )
     up, e5 = config.models
     assert (up.timeout_s, up.connect_timeout_s) == (5.0, 0.5)
-    assert up.capabilities == {"chat", "embeddings"} and e5.capabilities == {"embeddings"}
+    assert up.operations == {"chat", "embeddings"} and e5.operations == {"embeddings"}
 
 
 @pytest.mark.parametrize(
@@ -197,3 +197,105 @@ def test_upstream_keys_never_show_in_a_repr() -> None:
         }
     )
     assert "sk-very-secret" not in repr(config)
+
+
+UP = {"url": "http://127.0.0.1:1/v1"}
+
+
+def test_capabilities_are_read_and_default_to_text_only() -> None:
+    config = parse(
+        {
+            "models": [
+                {"name": "v", "backend": "openai", "upstreams": [UP], "capabilities": ["vision"]},
+                {
+                    "name": "va",
+                    "backend": "openai",
+                    "upstreams": [UP],
+                    "capabilities": ["audio", "vision", "audio"],
+                },
+                {"name": "t", "backend": "openai", "upstreams": [UP]},
+                {"name": "l", "backend": "local"},
+            ]
+        }
+    )
+    assert [m.capabilities for m in config.models] == [
+        ("vision",),
+        ("audio", "vision"),
+        (),
+        (),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        (
+            {"name": "a", "backend": "openai", "upstreams": [UP], "capabilities": ["vision", "x"]},
+            "models[0].capabilities[1]: unknown capability 'x'; known: vision, audio",
+        ),
+        (
+            {"name": "a", "backend": "openai", "upstreams": [UP], "capabilities": "vision"},
+            "models[0].capabilities: must be a list",
+        ),
+        (
+            {"name": "a", "backend": "local", "capabilities": ["vision"]},
+            "models[0].capabilities: backend local takes text only",
+        ),
+    ],
+)
+def test_bad_capabilities_are_configuration_errors(entry: Any, where: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse({"models": [entry]})
+    assert where in str(caught.value)
+
+
+def test_inline_images_defaults_and_limits() -> None:
+    vision = {"backend": "openai", "upstreams": [UP], "capabilities": ["vision"]}
+    config = parse(
+        {
+            "models": [
+                {"name": "a", **vision, "inline_images": True},
+                {
+                    "name": "b",
+                    **vision,
+                    "inline_images": {
+                        "allow_private": True,
+                        "max_mb": 2,
+                        "total_mb": 4,
+                        "timeout_s": 0.5,
+                    },
+                },
+                {"name": "c", **vision},
+            ]
+        }
+    )
+    a, b, c = (m.inline_images for m in config.models)
+    assert a == models_file.InlineImages()
+    assert a is not None and not a.allow_private and a.max_bytes == 10 * 1024 * 1024
+    assert b == models_file.InlineImages(True, 2 * 1024 * 1024, 4 * 1024 * 1024, 0.5)
+    assert c is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ({"inline_images": True}, "models[0].inline_images: needs 'vision'"),
+        (
+            {"capabilities": ["vision"], "inline_images": {"max_mb": 0}},
+            "models[0].inline_images.max_mb",
+        ),
+        (
+            {"capabilities": ["vision"], "inline_images": {"allow_private": "yes"}},
+            "models[0].inline_images.allow_private",
+        ),
+        (
+            {"capabilities": ["vision"], "inline_images": {"follow_redirects": True}},
+            "models[0].inline_images.follow_redirects: unknown key",
+        ),
+        ({"capabilities": ["vision"], "inline_images": "on"}, "models[0].inline_images"),
+    ],
+)
+def test_bad_inline_images_are_configuration_errors(extra: Any, where: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse({"models": [{"name": "a", "backend": "openai", "upstreams": [UP], **extra}]})
+    assert where in str(caught.value)

@@ -10,7 +10,14 @@ import pytest
 
 from core.errors import Kind, ServiceError
 from services.inference.embedding import EmbedRequest
-from services.inference.generation import ChatRequest, Delta, Message, Sampling
+from services.inference.generation import (
+    AudioInput,
+    ChatRequest,
+    Delta,
+    ImageInput,
+    Message,
+    Sampling,
+)
 from services.inference.openai_wire.chat import ChatChunks, chat_payload
 from services.inference.openai_wire.embeddings import embeddings_payload, parse_embeddings
 from services.inference.openai_wire.errors import rejection
@@ -162,7 +169,7 @@ def test_embeddings_payload_and_answer() -> None:
         "usage": {"prompt_tokens": 4},
     }
     matrix, tokens = parse_embeddings(orjson.dumps(answer), 2, "m")
-    assert matrix.tolist() == [[1.0, 2.0], [0.5, -1.0]] and tokens == 4
+    assert [row.tolist() for row in matrix] == [[1.0, 2.0], [0.5, -1.0]] and tokens == 4
 
 
 @pytest.mark.parametrize(
@@ -179,3 +186,33 @@ def test_bad_embeddings_answers(answer: dict[str, object]) -> None:
     with pytest.raises(ServiceError) as caught:
         parse_embeddings(orjson.dumps(answer), 2, "m")
     assert caught.value.reason == "UPSTREAM_BAD_RESPONSE"
+
+
+def test_parts_go_upstream_as_openai_parts_with_bytes_base64_again() -> None:
+    png, wav = b"\x89PNG\r\n\x1a\n\x00\xff", b"RIFF\x00\x00\x00\x00WAVE"
+    parts = (
+        "Look",
+        ImageInput(url="http://127.0.0.1:9/a.png", detail="low"),
+        ImageInput(data=png, media_type="image/png", filename="cat.png"),
+        AudioInput(wav, "wav"),
+    )
+    request = ChatRequest("m", (Message("user", "Look", parts=parts),))
+    (message,) = orjson.loads(chat_payload(request, "up"))["messages"]
+    assert message == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "Look"},
+            {
+                "type": "image_url",
+                "image_url": {"url": "http://127.0.0.1:9/a.png", "detail": "low"},
+            },
+            {
+                "type": "image_url",
+                "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()},
+            },
+            {
+                "type": "input_audio",
+                "input_audio": {"data": base64.b64encode(wav).decode(), "format": "wav"},
+            },
+        ],
+    }

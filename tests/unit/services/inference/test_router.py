@@ -10,7 +10,15 @@ import pytest
 
 from core.errors import Kind, ServiceError
 from services.inference.config import Settings
-from services.inference.generation import ChatRequest, Delta, Event, Finish, Message, Routed
+from services.inference.generation import (
+    ChatRequest,
+    Delta,
+    Event,
+    Finish,
+    ImageInput,
+    Message,
+    Routed,
+)
 from services.inference.models_file import ModelSpec
 from services.inference.registry import ModelRegistry, ServedModel
 from services.inference.router import Router, candidates
@@ -61,6 +69,13 @@ def test_order_is_model_then_request_list_then_configured_breadth_first() -> Non
     )
     names = [m.spec.name for m in candidates(reg, "a", ("b", "a"), "chat").models]
     assert names == ["a", "b", "c", "d"]
+
+
+def test_without_configured_fallbacks_only_the_named_models_are_tried() -> None:
+    """What a worker forwarding a local model asks of the worker that runs it."""
+    reg = registry(served("a", fallbacks=("c",)), served("b"), served("c"))
+    names = [m.spec.name for m in candidates(reg, "a", ("b",), "chat", configured=False).models]
+    assert names == ["a", "b"]
 
 
 def test_unknown_or_incapable_request_models_are_refused_with_param() -> None:
@@ -250,3 +265,50 @@ def test_embeddings_skip_fallbacks_outside_the_callers_models() -> None:
             Router(OneCatalog(reg)).embed(EmbedRequest("down", ("x",), allowed_models=("down",)))  # type: ignore[arg-type]
         )
     assert caught.value.reason == "MODEL_NOT_ALLOWED" and secret.calls == 0
+
+
+def vision(name: str, *capabilities: str, fallbacks: tuple[str, ...] = ()) -> ServedModel:
+    spec = ModelSpec(name=name, backend="openai", fallbacks=fallbacks, capabilities=capabilities)
+    chat = FakeChat()
+    return ServedModel(spec, chat, 0, chat=chat)  # type: ignore[arg-type]
+
+
+IMAGE_REQUEST = ChatRequest(
+    "text",
+    (
+        Message("system", "Be brief."),
+        Message("user", "What?", parts=("What?", ImageInput(url="https://x/a.png"))),
+    ),
+)
+
+
+def test_media_parts_skip_models_without_the_capability() -> None:
+    reg = registry(
+        vision("text", fallbacks=("hears", "sees")),
+        vision("hears", "audio"),
+        vision("sees", "vision"),
+    )
+    events = run(Router(OneCatalog(reg)), IMAGE_REQUEST)  # type: ignore[arg-type]
+    assert events[0] == Routed("sees", "aqueduct")
+
+
+def test_media_parts_are_refused_naming_part_and_model_when_no_model_takes_them() -> None:
+    reg = registry(vision("text", fallbacks=("hears",)), vision("hears", "audio"))
+    with pytest.raises(ServiceError) as caught:
+        run(Router(OneCatalog(reg)), IMAGE_REQUEST)  # type: ignore[arg-type]
+    error = caught.value
+    assert (error.kind, error.reason, error.param) == (
+        Kind.INVALID_ARGUMENT,
+        "UNSUPPORTED_CONTENT_TYPE",
+        "messages[1].content[1]",
+    )
+    assert "model 'text'" in error.message and "'vision'" in error.message
+    assert "nor does any fallback" in error.message
+    file_image = ChatRequest(
+        "hears",
+        (Message("user", "", parts=(ImageInput(data=b"x", filename="cat.png"),)),),
+    )
+    with pytest.raises(ServiceError) as caught:
+        run(Router(OneCatalog(registry(vision("hears", "audio")))), file_image)  # type: ignore[arg-type]
+    assert "File 'cat.png' in messages[0].content[0] is an image" in caught.value.message
+    assert "image_url" in caught.value.message

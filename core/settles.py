@@ -1,16 +1,17 @@
 """Settles on their way to auth: batched, retried until delivered, bounded.
 
 A settle gives a request's limits back and carries its ledger row, so it is
-never given up while the edge runs: when auth cannot be reached (a restart, an
+never given up while its process runs (the edge, or inference metering an
+internal caller): when auth cannot be reached (a restart, an
 outage) settles wait here, oldest first, and go as soon as a call succeeds
 again — to any auth replica, since the channel balances over the ready ones.
 Auth settles idempotently, so a settle resent after a lost answer counts once.
 
-The wait is bounded: at most MAX_PENDING settles (about 300 bytes each, so
+The wait is bounded: at most MAX_PENDING settles a queue (about 300 bytes each, so
 ~15 MiB) are held, plus one batch in flight; past that the oldest are dropped,
 with an error in the log.
 A warning says when the queue passes WARN_AT. What is still queued when the
-edge stops after its drain timeout is lost, and the log says how many.
+process stops after its drain timeout is lost, and the log says how many.
 """
 
 from __future__ import annotations
@@ -34,16 +35,19 @@ BATCH = 1_000
 CALL_TIMEOUT_S = 10.0
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 1.0
-LEDGER_BATCH_S = 0.05
 
 
 class SettleQueue:
     """Settles queue up while one SettleQuotas call is in flight and go in the
-    next, so a busy edge sends one call per round trip, not per request, and an
-    idle one sends each settle at once."""
+    next, so a busy edge sends one call per round trip, not per request.
 
-    def __init__(self, stub: AuthServiceAsyncStub) -> None:
+    A settle waits at most `wait_s` before a call goes: for others to share it
+    (ledger rows), or for a reservation to carry it (`take`: the edge's limit
+    settles ride on the next SettleAndReserveQuota). With 0 it goes at once."""
+
+    def __init__(self, stub: AuthServiceAsyncStub, wait_s: float = 0.0) -> None:
         self.stub = stub
+        self.wait_s = wait_s
         self.dropped = 0
         self._queue: deque[pb.Settlement] = deque()
         self._sending: list[pb.Settlement] = []
@@ -56,17 +60,35 @@ class SettleQueue:
     def pending(self) -> int:
         return len(self._queue) + len(self._sending)
 
-    def add(self, settle: pb.Settlement, urgent: bool) -> None:
-        """Queue a settle. An urgent one (it gives limits back) goes at once; one
-        that only carries a ledger row may wait up to LEDGER_BATCH_S for others."""
+    def add(self, settle: pb.Settlement) -> None:
+        """Queue a settle; a call takes it within `wait_s`."""
         self._queue.append(settle)
         self._bound()
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_loop())
-        if urgent:
+        self._start_flusher()
+        if not self.wait_s:
             self._wake.set()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(LEDGER_BATCH_S, self._wake_now)
+            self._timer = asyncio.get_running_loop().call_later(self.wait_s, self._wake_now)
+
+    def take(self, most: int) -> list[pb.Settlement]:
+        """Up to `most` of the oldest queued settles, for the caller to deliver in a
+        call of its own; whatever that call does not deliver goes to `give_back`."""
+        count = min(most, len(self._queue))
+        return [self._queue.popleft() for _ in range(count)]
+
+    def give_back(self, settles: list[pb.Settlement]) -> None:
+        """Settles from `take` that may not have been delivered: first in line again,
+        sent at once (auth settles idempotently, so a delivered one counts once)."""
+        if not settles:
+            return
+        self._queue.extendleft(reversed(settles))
+        self._bound()
+        self._start_flusher()
+        self._wake.set()
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_loop())
 
     def _bound(self) -> None:
         """Drop the oldest settles past MAX_PENDING. While a batch is in flight its
