@@ -206,6 +206,7 @@ def test_the_local_models_answer_through_either_worker(gateway: Gateway) -> None
                 model=LOCAL_MODEL,
                 messages=[{"role": "user", "content": "hi"}],
                 max_tokens=4,
+                temperature=0,
             )
             assert answer.choices[0].message.content
             assert answer.usage is not None and answer.usage.completion_tokens == 4
@@ -216,6 +217,7 @@ def test_the_local_models_answer_through_either_worker(gateway: Gateway) -> None
                     model=LOCAL_MODEL,
                     messages=[{"role": "user", "content": "hi"}],
                     max_tokens=4,
+                    temperature=0,
                     stream=True,
                     stream_options={"include_usage": True},
                 )

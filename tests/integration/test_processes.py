@@ -38,7 +38,7 @@ def test_inference_alone_answers_a_plain_grpc_streaming_call(tmp_path: Path) -> 
                 pb.StreamChatCompletionRequest(
                     model=MODEL,
                     messages=[pb.ChatMessage(role="user", content="Hi!")],
-                    sampling=pb.SamplingParams(max_tokens=5),
+                    sampling=pb.SamplingParams(max_tokens=5, temperature=0),
                 ),
                 timeout=30,
             )
