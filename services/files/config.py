@@ -26,6 +26,8 @@ class Settings:
     extract_timeout_s: float = 30.0
     # Extractions running at once (each in its own process).
     extract_workers: int = 2
+    # An extraction worker idle this long exits (the next job starts one).
+    extract_idle_s: float = 60.0
     # How often expired files are purged.
     purge_interval_s: float = 60.0
     # How long a stored Responses API answer is kept (OpenAI keeps them 30 days).
@@ -45,6 +47,7 @@ class Settings:
             max_extract_bytes=env_int("AQUEDUCT_MAX_EXTRACT_MB", 64, minimum=1) * MB,
             extract_timeout_s=env_float("AQUEDUCT_EXTRACT_TIMEOUT_S", 30.0, minimum=0.1),
             extract_workers=env_int("AQUEDUCT_EXTRACT_WORKERS", 2, minimum=1),
+            extract_idle_s=env_float("AQUEDUCT_EXTRACT_IDLE_S", 60.0, minimum=0.1),
             purge_interval_s=env_float("AQUEDUCT_FILES_PURGE_INTERVAL_S", 60.0, minimum=0.1),
             responses_ttl_s=env_int("AQUEDUCT_RESPONSES_TTL_S", 30 * 24 * 3600, minimum=60),
             max_response_bytes=env_int("AQUEDUCT_MAX_STORED_RESPONSE_MB", 2, minimum=1) * MB,

@@ -43,7 +43,9 @@ class FilesServer(GrpcService):
         self.settings = settings
         self.store = FileStore(settings.database_url)
         self.blobs = LocalBlobStore(settings.storage_dir)
-        self.extractor = Extractor(settings.extract_timeout_s, settings.extract_workers)
+        self.extractor = Extractor(
+            settings.extract_timeout_s, settings.extract_workers, idle_s=settings.extract_idle_s
+        )
         self.library = FileLibrary(
             self.store,
             self.blobs,
@@ -82,7 +84,6 @@ class FilesServer(GrpcService):
         swept = await asyncio.to_thread(self.blobs.sweep_incomplete)
         if swept:
             log.info("removed incomplete uploads", extra={"count": swept})
-        await self.extractor.warm_up()
         self._purger = asyncio.create_task(self._purge_forever())
 
     async def close(self) -> None:

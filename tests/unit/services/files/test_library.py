@@ -269,3 +269,32 @@ def test_a_worker_that_dies_is_reported_and_replaced() -> None:
         assert dying._idle == []
 
     run(scenario())
+
+
+def test_an_idle_worker_exits_and_the_next_job_starts_one() -> None:
+    async def scenario() -> None:
+        extractor = Extractor(timeout_s=20, workers=1, idle_s=0.3)
+        first = await extractor.run("a.txt", "text/plain", b"first")
+        assert first.text == "first"
+        [worker] = extractor._idle
+        await asyncio.wait_for(worker.process.wait(), 5)  # it exits on its own
+        assert extractor._idle == []
+        second = await extractor.run("b.txt", "text/plain", b"second")
+        assert second.text == "second"
+        await extractor.close()
+
+    run(scenario())
+
+
+def test_a_worker_in_use_is_not_retired() -> None:
+    async def scenario() -> None:
+        extractor = Extractor(timeout_s=20, workers=1, idle_s=0.5)
+        await extractor.run("a.txt", "text/plain", b"a")
+        [worker] = extractor._idle
+        for i in range(4):  # busy every 0.2 s: never idle for 0.5 s
+            await asyncio.sleep(0.2)
+            assert (await extractor.run(f"{i}.txt", "text/plain", b"x")).text == "x"
+        assert extractor._idle == [worker] and worker.process.returncode is None
+        await extractor.close()
+
+    run(scenario())
