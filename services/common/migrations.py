@@ -7,9 +7,8 @@ first after an upgrade) is recognised without importing Alembic. One that is
 not is upgraded by a short-lived child process (`python -m
 services.common.migrations`, told what to do on its stdin): Alembic, Mako and
 the migration work would otherwise stay in the service's memory for its whole
-life (10-14 MiB). A SQLite database is upgraded in-process: a child's writes to
-the file left this process's other connections to it failing with "disk I/O
-error" (two services' stores in one process, as in the tests' in-process stack).
+life (10-14 MiB). Only a SQLite database in this process's memory is upgraded
+in-process.
 """
 
 from __future__ import annotations
@@ -62,10 +61,12 @@ class MigrationFailed(RuntimeError):
 
 
 def _migrated_in_child(engine: Engine) -> bool:
-    # Not SQLite: a child's writes to a SQLite file left this process's other
-    # connections to it (another service's store in the same process, as in the
-    # tests' in-process stack) failing with "disk I/O error".
-    return engine.dialect.name != "sqlite"
+    # A child reaches every database but one that lives in this process (a SQLite
+    # ":memory:" or URI database, kept in-process to be safe).
+    database = engine.url.database or ""
+    return engine.dialect.name != "sqlite" or not (
+        database in ("", ":memory:") or database.startswith("file:")
+    )
 
 
 def _upgrade_in_child(

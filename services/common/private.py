@@ -8,6 +8,7 @@ older version are tightened at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -60,7 +61,12 @@ def private_database(url: str) -> None:
     database = Path(parsed.database).resolve()
     if not database.parent.exists():
         private_dir(database.parent)
-    os.close(os.open(database, os.O_RDONLY | os.O_CREAT, FILE_MODE))  # empty: a new database
+    if not database.exists():
+        # Opened only when missing: closing any descriptor of a file drops every
+        # POSIX lock this process holds on it, and SQLite's connections here (another
+        # service's store in the same process) would lose theirs to other processes.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(database, os.O_RDONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
     for path in (database, *(database.with_name(database.name + s) for s in SQLITE_SIDE_FILES)):
         if path.exists():
             _chmod(path, FILE_MODE)

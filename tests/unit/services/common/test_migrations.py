@@ -59,7 +59,5 @@ def test_a_failed_upgrade_in_the_child_process_is_raised(tmp_path: Path) -> None
     (tmp_path / "versions" / "a.py").write_text('revision = "a"\ndown_revision = None\n')
     (tmp_path / "env.py").write_text("raise RuntimeError('a broken migration')\n")
     engine = create_engine(f"sqlite:///{tmp_path / 'broken.db'}")
-    # migrate() hands a server database (PostgreSQL) to the child; SQLite stays
-    # in-process, so the child is driven directly here.
     with pytest.raises(migrations.MigrationFailed, match="broken_alembic_version"):
-        migrations._upgrade_in_child(engine, tmp_path, "broken_alembic_version", None)
+        migrations.migrate(engine, tmp_path, "broken_alembic_version")
