@@ -205,9 +205,6 @@ class GenerationCall(Generic[Req, Resp]):
         self._call = self._calls.plain(self._request)
         return await self._call.read()
 
-    def done(self) -> bool:
-        return self._call.done()
-
     def finish(self, answered: bool) -> None:
         """However the request ended: stop its call, leave a prepared one behind.
 
@@ -250,9 +247,6 @@ class WholeCall(Generic[Req, Resp]):
         self._calls.whole = None
         self._stream = await self._calls.start_stream(self._request)
         return await self._stream.read()
-
-    def done(self) -> bool:
-        return self._stream.done() if self._stream is not None else self._call.done()
 
     def finish(self, answered: bool) -> None:
         if self._stream is not None:

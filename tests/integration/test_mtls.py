@@ -281,6 +281,9 @@ def test_an_internal_caller_with_a_key_is_held_to_its_limits_and_gets_ledger_row
             metadata=keyed(unlimited),
             timeout=10,
         )
+        whole = stub.ChatCompletion(
+            inference_pb2.ChatCompletionRequest(request=chat), metadata=keyed(unlimited), timeout=10
+        )
 
     def rows(key_id: str) -> list[dict[str, object]]:
         answer = httpx.get(
@@ -302,13 +305,25 @@ def test_an_internal_caller_with_a_key_is_held_to_its_limits_and_gets_ledger_row
         }
     ]
     wait_for(lambda: rows(created["id"]) == expected, 10, "two ledger rows for the limited key")
-    embedding_rows = [
+    # The unary ChatCompletion (a whole answer in one message) is metered as a stream is.
+    unlimited_rows = [
+        {
+            "route": route + "ChatCompletion",
+            "requests": 1,
+            "input_tokens": whole.summary.usage.prompt_tokens,
+            "output_tokens": whole.summary.usage.completion_tokens,
+            "errors": 0,
+        },
         {
             "route": route + "CreateEmbeddings",
             "requests": 1,
             "input_tokens": embedded.usage.prompt_tokens,
             "output_tokens": 0,
             "errors": 0,
-        }
+        },
     ]
-    wait_for(lambda: rows(unlimited["id"]) == embedding_rows, 10, "the embedding's ledger row")
+    wait_for(
+        lambda: sorted(rows(unlimited["id"]), key=lambda r: str(r["route"])) == unlimited_rows,
+        10,
+        "the whole answer's and the embedding's ledger rows",
+    )
