@@ -9,11 +9,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
+import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,3 +141,77 @@ def edge_process(tmp_path: Path, bootstrap_key: str, **env: str) -> Iterator[tup
     finally:
         for process in reversed(processes):
             stop(process)
+
+
+@dataclass
+class Supervised:
+    """`python -m scripts.run` started by a test: its process, base URL and log."""
+
+    process: subprocess.Popen[bytes]
+    base: str
+    log: Path
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        wait_for(
+            lambda: "Aqueduct is ready." in self.log.read_text(),
+            timeout,
+            "the ready banner",
+            self.log,
+        )
+
+    def banner(self, worker: str) -> str:
+        """The ready banner's line for one worker (`edge-1`, `inference-2`, `auth`)."""
+        lines = [x for x in self.log.read_text().splitlines() if f"  {worker} " in x]
+        assert lines, self.log.read_text()[-3000:]
+        return lines[-1]
+
+    def pid(self, worker: str) -> int:
+        """The newest pid the supervisor printed for a child (banner or restart)."""
+        lines = [
+            x
+            for x in self.log.read_text().splitlines()
+            if "(pid " in x and f" {worker} " in f" {x} "
+        ]
+        return int(lines[-1].rsplit("pid ", 1)[1].split(")")[0])
+
+    def pids(self) -> set[int]:
+        """Every pid the supervisor printed."""
+        return {
+            int(x.rsplit("pid ", 1)[1].split(")")[0])
+            for x in self.log.read_text().splitlines()
+            if "(pid " in x
+        }
+
+    def grpc_address(self, worker: str) -> str:
+        return self.banner(worker).split(" grpc  ", 1)[1].split()[0]
+
+    def metrics_url(self, worker: str) -> str:
+        return self.banner(worker).rsplit("metrics ", 1)[1].strip()
+
+    def client(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=key, max_retries=0, timeout=60)
+
+    def metrics(self, worker: str) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample a worker's metrics address serves: (name, labels, value)."""
+        answer = httpx.get(self.metrics_url(worker), timeout=10)
+        assert answer.status_code == 200
+        return [
+            (s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(answer.text)
+            for s in family.samples
+        ]
+
+
+def supervisor(tmp_path: Path, **extra: str) -> Supervised:
+    """Start `make run`'s supervisor on free ports with its data in `tmp_path`."""
+    port = free_port()
+    env = {
+        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
+        "AQUEDUCT_HTTP_PORT": str(port),
+        "AQUEDUCT_AUTH_ADDR": f"127.0.0.1:{free_port()}",
+        "AQUEDUCT_FILES_ADDR": f"127.0.0.1:{free_port()}",
+        "AQUEDUCT_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
+        **extra,
+    }
+    log = tmp_path / "run.log"
+    return Supervised(spawn(["-m", "scripts.run"], env, log), f"http://127.0.0.1:{port}", log)

@@ -13,11 +13,9 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.processes import free_port, spawn, stop, wait_for
+from tests.processes import Supervised, stop, supervisor, wait_for
 
 ADMIN_KEY = "sk-aq-" + "w" * 40
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -34,46 +32,19 @@ CHAT = "/v1/chat/completions"
 FRESH = 16  # fresh connections per batch: each worker gets some but with odds of 2 in 65536
 
 
-@dataclass
-class Gateway:
-    process: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-    def banner(self, worker: str) -> str:
-        lines = [x for x in self.log.read_text().splitlines() if f"  {worker} " in x]
-        assert lines, self.log.read_text()[-3000:]
-        return lines[-1]
-
-    def pid(self, worker: str) -> int:
-        """The newest pid the supervisor printed for a worker (banner or restart)."""
-        lines = [x for x in self.log.read_text().splitlines() if f"{worker} " in x and "(pid " in x]
-        return int(lines[-1].rsplit("pid ", 1)[1].split(")")[0])
-
-    def metrics_url(self, worker: str) -> str:
-        return self.banner(worker).rsplit("metrics ", 1)[1].strip()
-
-
-def _supervisor(tmp_path: Path, upstream: FakeUpstream, **extra: str) -> Gateway:
+def _supervisor(tmp_path: Path, upstream: FakeUpstream, **extra: str) -> Supervised:
     models = tmp_path / "models.yaml"
     models.write_text(
         f"models:\n  - name: {MODEL}\n    backend: openai\n"
         f'    upstreams: [{{url: "{upstream.url}"}}]\n'
     )
-    port = free_port()
     env = {
-        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
-        "AQUEDUCT_HTTP_PORT": str(port),
-        "AQUEDUCT_AUTH_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_FILES_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
         "AQUEDUCT_MODELS_CONFIG": str(models),
         "AQUEDUCT_BOOTSTRAP_KEY": ADMIN_KEY,
         "AQUEDUCT_EDGE_WORKERS": "2",
         **extra,
     }
-    log = tmp_path / "run.log"
-    return Gateway(spawn(["-m", "scripts.run"], env, log), f"http://127.0.0.1:{port}", log)
+    return supervisor(tmp_path, **env)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +55,12 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="module")
-def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Supervised]:
     running = _supervisor(tmp_path_factory.mktemp("workers"), upstream)
     try:
-        wait_for(lambda: "Aqueduct is ready." in running.log.read_text(), 90, "the ready banner")
+        running.wait_ready()
         yield running
     finally:
         assert stop(running.process, 30) == 0, running.log.read_text()[-3000:]
@@ -146,7 +119,7 @@ def _create_key(base: str, **body: object) -> dict[str, str]:
 WORKERS = ("edge-1", "edge-2")
 
 
-def test_banner_lists_each_worker_with_its_pid_and_metrics(gateway: Gateway) -> None:
+def test_banner_lists_each_worker_with_its_pid_and_metrics(gateway: Supervised) -> None:
     pids = {gateway.pid(w) for w in WORKERS}
     assert len(pids) == 2 and all(Path(f"/proc/{pid}").exists() for pid in pids)
     for worker in WORKERS:
@@ -157,7 +130,7 @@ def test_banner_lists_each_worker_with_its_pid_and_metrics(gateway: Gateway) -> 
     assert httpx.get(f"{gateway.base}/metrics").status_code == 404
 
 
-def test_rpm_is_exact_across_workers(gateway: Gateway) -> None:
+def test_rpm_is_exact_across_workers(gateway: Supervised) -> None:
     rpm = 10
     key = _create_key(gateway.base, limits={"rpm": rpm})
     urls = [gateway.metrics_url(w) for w in WORKERS]
@@ -177,7 +150,7 @@ def test_rpm_is_exact_across_workers(gateway: Gateway) -> None:
     assert sum(a[2] - b[2] for a, b in zip(after, before, strict=True)) == rpm
 
 
-def test_revocation_reaches_every_worker_within_a_second(gateway: Gateway) -> None:
+def test_revocation_reaches_every_worker_within_a_second(gateway: Supervised) -> None:
     key = _create_key(gateway.base)
     urls = [gateway.metrics_url(w) for w in WORKERS]
     before = [_answered(u, "2xx") for u in urls]
@@ -195,7 +168,7 @@ def test_revocation_reaches_every_worker_within_a_second(gateway: Gateway) -> No
     assert sum(refused) == FRESH
 
 
-def test_a_killed_worker_is_restarted_while_the_other_serves(gateway: Gateway) -> None:
+def test_a_killed_worker_is_restarted_while_the_other_serves(gateway: Supervised) -> None:
     key = _create_key(gateway.base)
     killed, survivor = gateway.pid("edge-1"), gateway.metrics_url("edge-2")
     os.kill(killed, signal.SIGKILL)
@@ -284,7 +257,7 @@ def test_ctrl_c_lets_every_workers_streams_finish_and_settle(tmp_path: Path) -> 
         finished.append(text.rstrip().endswith("data: [DONE]"))
 
     try:
-        wait_for(lambda: "Aqueduct is ready." in running.log.read_text(), 90, "the ready banner")
+        running.wait_ready()
         threads = [threading.Thread(target=stream) for _ in range(FRESH)]
         for thread in threads:
             thread.start()
@@ -315,7 +288,7 @@ def test_one_worker_is_the_single_edge_bound_as_before(
     running = _supervisor(tmp_path, upstream, AQUEDUCT_EDGE_WORKERS="1")
     port = int(running.base.rsplit(":", 1)[1])
     try:
-        wait_for(lambda: "Aqueduct is ready." in running.log.read_text(), 90, "the ready banner")
+        running.wait_ready()
         assert "  edge       http  " in running.log.read_text()
         assert "edge-1" not in running.log.read_text()
         assert _chat(running.base, ADMIN_KEY) == 200

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,11 +22,10 @@ import pytest
 from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 from google.rpc import error_details_pb2, status_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.inference.local_model import BUNDLED_FILE
 from tests.fake_upstream import FakeUpstream
-from tests.processes import free_port, spawn, stop, wait_for
+from tests.processes import Supervised, free_port, stop, supervisor, wait_for
 
 ADMIN_KEY = "sk-aq-" + "i" * 40
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
@@ -44,41 +41,8 @@ NEVER_END = {0: -100.0, 2: -100.0, 4: -100.0}
 CHAT_METHODS = ("StreamChatCompletion", "PreparedChatCompletion", "ChatCompletion")
 
 
-@dataclass
-class Gateway:
-    process: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-    def banner(self, worker: str) -> str:
-        lines = [x for x in self.log.read_text().splitlines() if f"  {worker} " in x]
-        assert lines, self.log.read_text()[-3000:]
-        return lines[-1]
-
-    def pid(self, worker: str) -> int:
-        """The newest pid the supervisor printed for a worker (banner or restart)."""
-        lines = [x for x in self.log.read_text().splitlines() if f"{worker} " in x and "(pid " in x]
-        return int(lines[-1].rsplit("pid ", 1)[1].split(")")[0])
-
-    def grpc_address(self, worker: str) -> str:
-        return self.banner(worker).split(" grpc  ", 1)[1].split()[0]
-
-    def metrics(self, worker: str) -> list[tuple[str, dict[str, str], float]]:
-        url = self.banner(worker).rsplit("metrics ", 1)[1].strip()
-        answer = httpx.get(url, timeout=10)
-        assert answer.status_code == 200
-        return [
-            (s.name, s.labels, s.value)
-            for family in text_string_to_metric_families(answer.text)
-            for s in family.samples
-        ]
-
-    def client(self, key: str = ADMIN_KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=key, max_retries=0, timeout=60)
-
-
 def _upstream_attempts(
-    gateway: Gateway, worker: str, model: str = UPSTREAM_MODEL, what: str = "attempts"
+    gateway: Supervised, worker: str, model: str = UPSTREAM_MODEL, what: str = "attempts"
 ) -> float:
     return sum(
         v
@@ -87,7 +51,7 @@ def _upstream_attempts(
     )
 
 
-def _chat_calls(gateway: Gateway, worker: str) -> float:
+def _chat_calls(gateway: Supervised, worker: str) -> float:
     """Chat generation calls the worker finished, OK or not."""
     return sum(
         v
@@ -96,7 +60,7 @@ def _chat_calls(gateway: Gateway, worker: str) -> float:
     )
 
 
-def _local_generations(gateway: Gateway, worker: str) -> float | None:
+def _local_generations(gateway: Supervised, worker: str) -> float | None:
     """Generations the bundled model runs now; None where it is not loaded."""
     found = [
         v
@@ -114,7 +78,9 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="module")
-def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Supervised]:
     tmp_path = tmp_path_factory.mktemp("inference-workers")
     models = tmp_path / "models.yaml"
     models.write_text(
@@ -125,34 +91,27 @@ def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
         f"  - name: {FLAKY_MODEL}\n    backend: openai\n"
         f'    upstreams: [{{url: "http://127.0.0.1:{free_port()}/v1"}}]\n'  # nothing listens
     )
-    port = free_port()
-    env = {
-        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
-        "AQUEDUCT_HTTP_PORT": str(port),
-        "AQUEDUCT_AUTH_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_FILES_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_AUTH_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_FILES_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_INFERENCE_METRICS_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_MODELS_CONFIG": str(models),
-        "AQUEDUCT_BOOTSTRAP_KEY": ADMIN_KEY,
-        "AQUEDUCT_EDGE_WORKERS": "1",
-        "AQUEDUCT_INFERENCE_WORKERS": "2",
-        "AQUEDUCT_LOCAL_THREADS": "1",
-    }
-    log = tmp_path / "run.log"
-    running = Gateway(spawn(["-m", "scripts.run"], env, log), f"http://127.0.0.1:{port}", log)
+    running = supervisor(
+        tmp_path,
+        AQUEDUCT_AUTH_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        AQUEDUCT_FILES_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        AQUEDUCT_INFERENCE_METRICS_ADDR=f"127.0.0.1:{free_port()}",
+        AQUEDUCT_MODELS_CONFIG=str(models),
+        AQUEDUCT_BOOTSTRAP_KEY=ADMIN_KEY,
+        AQUEDUCT_EDGE_WORKERS="1",
+        AQUEDUCT_INFERENCE_WORKERS="2",
+        AQUEDUCT_LOCAL_THREADS="1",
+    )
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 120, "the ready banner", log)
+        running.wait_ready(120)
         yield running
     finally:
-        assert stop(running.process, 30) == 0, log.read_text()[-3000:]
-    crashes = {x for x in log.read_text().splitlines() if "stopped unexpectedly" in x}
+        assert stop(running.process, 30) == 0, running.log.read_text()[-3000:]
+    crashes = {x for x in running.log.read_text().splitlines() if "stopped unexpectedly" in x}
     assert crashes <= {KILLED}  # only the worker the restart test killed
 
 
-def test_each_worker_has_its_own_grpc_port_pid_and_metrics(gateway: Gateway) -> None:
+def test_each_worker_has_its_own_grpc_port_pid_and_metrics(gateway: Supervised) -> None:
     addresses = {gateway.grpc_address(w) for w in WORKERS}
     pids = {gateway.pid(w) for w in WORKERS}
     assert len(addresses) == 2 and len(pids) == 2
@@ -161,11 +120,11 @@ def test_each_worker_has_its_own_grpc_port_pid_and_metrics(gateway: Gateway) -> 
 
 
 def test_one_edge_spreads_upstream_calls_over_both_workers(
-    gateway: Gateway, upstream: FakeUpstream
+    gateway: Supervised, upstream: FakeUpstream
 ) -> None:
     """One edge, one channel: per connection, every call would go to one worker."""
     before = [_upstream_attempts(gateway, w) for w in WORKERS]
-    client = gateway.client()
+    client = gateway.client(ADMIN_KEY)
     count = 20
     for i in range(count):
         if i % 2:
@@ -187,7 +146,7 @@ def test_one_edge_spreads_upstream_calls_over_both_workers(
     assert all(n >= count // 4 for n in served), served  # round-robin: about half each
 
 
-def test_the_local_model_is_loaded_by_the_first_worker_only(gateway: Gateway) -> None:
+def test_the_local_model_is_loaded_by_the_first_worker_only(gateway: Supervised) -> None:
     maps = {w: Path(f"/proc/{gateway.pid(w)}/maps").read_text() for w in WORKERS}
     assert BUNDLED_FILE in maps["inference-1"]  # llama.cpp maps the model file
     assert BUNDLED_FILE not in maps["inference-2"]
@@ -196,9 +155,9 @@ def test_the_local_model_is_loaded_by_the_first_worker_only(gateway: Gateway) ->
     assert _local_generations(gateway, "inference-2") is None
 
 
-def test_the_local_models_answer_through_either_worker(gateway: Gateway) -> None:
+def test_the_local_models_answer_through_either_worker(gateway: Supervised) -> None:
     before = [_chat_calls(gateway, w) for w in WORKERS]
-    client = gateway.client()
+    client = gateway.client(ADMIN_KEY)
     count = 6
     for i in range(count):
         if i % 2:
@@ -232,12 +191,12 @@ def test_the_local_models_answer_through_either_worker(gateway: Gateway) -> None
     assert [len(v.embedding) for v in vectors.data] == [384] * 4
 
 
-def _worker_2(gateway: Gateway) -> inference_pb2_grpc.InferenceServiceStub:
+def _worker_2(gateway: Supervised) -> inference_pb2_grpc.InferenceServiceStub:
     channel = grpc.insecure_channel(gateway.grpc_address("inference-2"))
     return inference_pb2_grpc.InferenceServiceStub(channel)
 
 
-def test_a_forwarded_stream_cancelled_stops_the_generation(gateway: Gateway) -> None:
+def test_a_forwarded_stream_cancelled_stops_the_generation(gateway: Supervised) -> None:
     request = pb.StreamChatCompletionRequest(
         model=LOCAL_MODEL,
         messages=[pb.ChatMessage(role="user", content="Count to one thousand.")],
@@ -257,7 +216,7 @@ def test_a_forwarded_stream_cancelled_stops_the_generation(gateway: Gateway) -> 
     )
 
 
-def test_a_forwarded_calls_deadline_stops_the_generation_over_there(gateway: Gateway) -> None:
+def test_a_forwarded_calls_deadline_stops_the_generation_over_there(gateway: Supervised) -> None:
     request = pb.StreamChatCompletionRequest(
         model=LOCAL_MODEL,
         messages=[pb.ChatMessage(role="user", content="Count to one thousand.")],
@@ -275,7 +234,7 @@ def test_a_forwarded_calls_deadline_stops_the_generation_over_there(gateway: Gat
     )
 
 
-def test_a_forwarded_error_keeps_its_reason_and_param(gateway: Gateway) -> None:
+def test_a_forwarded_error_keeps_its_reason_and_param(gateway: Supervised) -> None:
     stub = _worker_2(gateway)
     request = pb.StreamCompletionRequest(
         model=LOCAL_MODEL,
@@ -296,7 +255,7 @@ def test_a_forwarded_error_keeps_its_reason_and_param(gateway: Gateway) -> None:
     assert reason.reason == "SUFFIX_UNSUPPORTED" and reason.metadata["param"] == "suffix"
 
 
-def test_limits_and_ledger_stay_exact_across_workers(gateway: Gateway) -> None:
+def test_limits_and_ledger_stay_exact_across_workers(gateway: Supervised) -> None:
     rpm = 6
     created = httpx.post(
         f"{gateway.base}/v1/admin/keys",
@@ -336,10 +295,10 @@ def test_limits_and_ledger_stay_exact_across_workers(gateway: Gateway) -> None:
     assert ledger() == rpm
 
 
-def test_the_console_shows_every_workers_upstream_failures(gateway: Gateway) -> None:
+def test_the_console_shows_every_workers_upstream_failures(gateway: Supervised) -> None:
     """Each worker keeps its own circuit breakers; the console sums what they saw
     and shows the worst state, whichever worker a refresh would reach."""
-    client = gateway.client()
+    client = gateway.client(ADMIN_KEY)
     for _ in range(8):
         with pytest.raises(openai.APIStatusError) as refused:
             client.chat.completions.create(
@@ -357,7 +316,7 @@ def test_the_console_shows_every_workers_upstream_failures(gateway: Gateway) -> 
         assert upstream["state"] in ("open", "half_open")
 
 
-def _serving(gateway: Gateway, worker: str) -> bool:
+def _serving(gateway: Supervised, worker: str) -> bool:
     try:
         samples = gateway.metrics(worker)
     except httpx.HTTPError:
@@ -370,10 +329,10 @@ def _serving(gateway: Gateway, worker: str) -> bool:
     )
 
 
-def test_a_killed_worker_is_skipped_then_restarted_and_used_again(gateway: Gateway) -> None:
+def test_a_killed_worker_is_skipped_then_restarted_and_used_again(gateway: Supervised) -> None:
     """Last: it kills inference-2. The edge sends nothing to a worker that is gone
     or not yet SERVING again (client-side health checks), so no request fails."""
-    client = gateway.client()
+    client = gateway.client(ADMIN_KEY)
 
     def chat() -> None:
         answer = client.chat.completions.create(

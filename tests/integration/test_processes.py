@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
 import threading
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from aqueduct.inference.v1 import inference_pb2 as pb
 from aqueduct.inference.v1 import inference_pb2_grpc
 
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.processes import free_port, serving, spawn, stop, wait_for
+from tests.processes import free_port, serving, spawn, stop, supervisor, wait_for
 
 MODEL = "smollm2-135m-instruct"
 
@@ -123,73 +122,49 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _supervisor(tmp_path: Path, **extra: str) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    env = {
-        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
-        "AQUEDUCT_HTTP_PORT": str(port),
-        "AQUEDUCT_AUTH_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_FILES_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
-        **extra,
-    }
-    log = tmp_path / "run.log"
-    return spawn(["-m", "scripts.run"], env, log), f"http://127.0.0.1:{port}", log
-
-
-def _pid_of(log: Path, name: str) -> int:
-    """The newest pid the supervisor printed for a child."""
-    lines = [x for x in log.read_text().splitlines() if "(pid " in x and f" {name} " in f" {x} "]
-    return int(lines[-1].rsplit("pid ", 1)[1].split(")")[0])
-
-
-def _pids(log: Path) -> set[int]:
-    return {
-        int(x.rsplit("pid ", 1)[1].split(")")[0])
-        for x in log.read_text().splitlines()
-        if "(pid " in x
-    }
-
-
 def _gone(pids: set[int]) -> bool:
     return all(not Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 def test_make_run_supervisor_serves_and_stops_cleanly(tmp_path: Path) -> None:
-    process, base, log = _supervisor(tmp_path)
+    gateway = supervisor(tmp_path)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
+        gateway.wait_ready()
         key_file = tmp_path / "data" / "bootstrap-key"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         key = key_file.read_text().strip()
-        assert key.startswith("sk-aq-") and key in log.read_text()  # printed once, at creation
-        assert "curl " in log.read_text()
-        assert '"model": "smollm2-135m-instruct"' in log.read_text()  # the first served model
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        assert (
+            key.startswith("sk-aq-") and key in gateway.log.read_text()
+        )  # printed once, at creation
+        assert "curl " in gateway.log.read_text()
+        assert (
+            '"model": "smollm2-135m-instruct"' in gateway.log.read_text()
+        )  # the first served model
+        client = openai.OpenAI(base_url=f"{gateway.base}/v1", api_key=key, max_retries=0)
         reply = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3
         )
         assert reply.choices[0].message.content
         for service in ("auth", "files", "inference"):  # each serves its own metrics
-            banner = next(x for x in log.read_text().splitlines() if f"  {service} " in x)
+            banner = next(x for x in gateway.log.read_text().splitlines() if f"  {service} " in x)
             scraped = httpx.get(banner.rsplit("metrics ", 1)[1].strip(), timeout=10)
             assert scraped.status_code == 200 and "grpc_server_handled_total" in scraped.text
     finally:
-        assert stop(process, 30) == 0, log.read_text()[-3000:]
-    assert "stopped unexpectedly" not in log.read_text()
+        assert stop(gateway.process, 30) == 0, gateway.log.read_text()[-3000:]
+    assert "stopped unexpectedly" not in gateway.log.read_text()
 
 
 def test_supervisor_restarts_a_killed_child_and_the_gateway_serves_again(tmp_path: Path) -> None:
-    process, base, log = _supervisor(tmp_path)
+    gateway = supervisor(tmp_path)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
+        gateway.wait_ready()
         key = (tmp_path / "data" / "bootstrap-key").read_text().strip()
-        os.kill(_pid_of(log, "inference"), signal.SIGKILL)
-        wait_for(lambda: "inference restarted (pid" in log.read_text(), 30, "the restart")
+        os.kill(gateway.pid("inference"), signal.SIGKILL)
+        wait_for(lambda: "inference restarted (pid" in gateway.log.read_text(), 30, "the restart")
         assert "inference stopped unexpectedly (signal 9); restarting it in 0.5 s." in (
-            log.read_text()
+            gateway.log.read_text()
         )
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        client = openai.OpenAI(base_url=f"{gateway.base}/v1", api_key=key, max_retries=0)
 
         def answers() -> bool:
             try:
@@ -201,35 +176,35 @@ def test_supervisor_restarts_a_killed_child_and_the_gateway_serves_again(tmp_pat
             return True
 
         wait_for(answers, 60, "a chat answer from the restarted inference")
-        assert process.poll() is None  # still supervising
+        assert gateway.process.poll() is None  # still supervising
     finally:
-        assert stop(process, 30) == 0, log.read_text()[-3000:]
-    assert _gone(_pids(log))
+        assert stop(gateway.process, 30) == 0, gateway.log.read_text()[-3000:]
+    assert _gone(gateway.pids())
 
 
 def test_children_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
-    process, _base, log = _supervisor(tmp_path)
+    gateway = supervisor(tmp_path)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
-        process.kill()
-        process.wait()
-        wait_for(lambda: _gone(_pids(log)), 30, "every child to exit")
+        gateway.wait_ready()
+        gateway.process.kill()
+        gateway.process.wait()
+        wait_for(lambda: _gone(gateway.pids()), 30, "every child to exit")
     finally:
-        stop(process)
+        stop(gateway.process)
 
 
 def test_a_configuration_error_stops_everything_without_restarts(tmp_path: Path) -> None:
     bad = tmp_path / "models.yaml"
     bad.write_text("models:\n  - name: x\n    backend: nowhere\n")
-    process, _base, log = _supervisor(tmp_path, AQUEDUCT_MODELS_CONFIG=str(bad))
+    gateway = supervisor(tmp_path, AQUEDUCT_MODELS_CONFIG=str(bad))
     try:
-        assert process.wait(60) == 1
+        assert gateway.process.wait(60) == 1
     finally:
-        stop(process)
-    text = log.read_text()
+        stop(gateway.process)
+    text = gateway.log.read_text()
     assert "inference stopped unexpectedly (exit code 2); a configuration error" in text
     assert "restarted" not in text
-    assert _gone(_pids(log))
+    assert _gone(gateway.pids())
 
 
 def test_ctrl_c_with_streams_in_flight_keeps_every_finished_requests_row(
@@ -242,36 +217,36 @@ def test_ctrl_c_with_streams_in_flight_keeps_every_finished_requests_row(
         f'models:\n  - name: slow\n    backend: openai\n    upstreams: [{{url: "{fake.url}"}}]\n'
     )
     env = {"AQUEDUCT_MODELS_CONFIG": str(models), "AQUEDUCT_BOOTSTRAP_KEY": "sk-aq-" + "k" * 40}
-    process, base, log = _supervisor(tmp_path, **env)
+    gateway = supervisor(tmp_path, **env)
     headers = {"authorization": f"Bearer {env['AQUEDUCT_BOOTSTRAP_KEY']}"}
     finished: list[bool] = []
 
     def stream() -> None:
         body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         with httpx.stream(
-            "POST", f"{base}/v1/chat/completions", json=body, headers=headers, timeout=30
+            "POST", f"{gateway.base}/v1/chat/completions", json=body, headers=headers, timeout=30
         ) as answer:
             text = "".join(answer.iter_text())
         finished.append(text.rstrip().endswith("data: [DONE]"))
 
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
+        gateway.wait_ready()
         threads = [threading.Thread(target=stream) for _ in range(10)]
         for thread in threads:
             thread.start()
         fake.wait_for(lambda: fake.active == 10, 30)
-        process.send_signal(signal.SIGINT)
+        gateway.process.send_signal(signal.SIGINT)
         for thread in threads:
             thread.join(30)
-        assert process.wait(60) == 0, log.read_text()[-3000:]
+        assert gateway.process.wait(60) == 0, gateway.log.read_text()[-3000:]
     finally:
-        stop(process)
+        stop(gateway.process)
         fake.stop()
     assert finished == [True] * 10
-    again, base, log = _supervisor(tmp_path, **env)
+    again = supervisor(tmp_path, **env)
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
-        usage = httpx.get(f"{base}/v1/admin/usage", headers=headers, timeout=10).json()
+        again.wait_ready()
+        usage = httpx.get(f"{again.base}/v1/admin/usage", headers=headers, timeout=10).json()
         assert sum(row["requests"] for row in usage["data"]) == 10
     finally:
-        assert stop(again, 30) == 0
+        assert stop(again.process, 30) == 0

@@ -11,7 +11,7 @@ import httpx
 import openai
 import orjson
 
-from tests.processes import free_port, spawn, stop, wait_for
+from tests.processes import stop, supervisor
 
 MODEL = "smollm2-135m-instruct"
 
@@ -29,30 +29,21 @@ def log_lines(log: Path) -> list[dict[str, Any]]:
 
 
 def test_a_request_id_is_on_log_lines_of_the_edge_and_every_service(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        "AQUEDUCT_DATA_DIR": str(tmp_path / "data"),
-        "AQUEDUCT_HTTP_PORT": str(port),
-        "AQUEDUCT_AUTH_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_FILES_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_INFERENCE_ADDR": f"127.0.0.1:{free_port()}",
-        "AQUEDUCT_LOG_LEVEL": "DEBUG",  # one line per request and per call
-    }
-    log = tmp_path / "run.log"
-    process = spawn(["-m", "scripts.run"], env, log)
+    # DEBUG: one line per request and per call.
+    gateway = supervisor(tmp_path, AQUEDUCT_LOG_LEVEL="DEBUG")
     try:
-        wait_for(lambda: "Aqueduct is ready." in log.read_text(), 90, "the ready banner", log)
+        gateway.wait_ready()
         admin = (tmp_path / "data" / "bootstrap-key").read_text().strip()
         # A new key with a limit: its first use is verified by auth and reserves there.
         created = httpx.post(
-            f"http://127.0.0.1:{port}/v1/admin/keys",
+            f"{gateway.base}/v1/admin/keys",
             headers={"authorization": f"Bearer {admin}"},
             json={"name": "followed", "limits": {"rpm": 100}},
             timeout=30,
         )
         assert created.status_code == 201, created.text
         client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1",
+            base_url=f"{gateway.base}/v1",
             api_key=created.json()["key"],
             max_retries=0,
             timeout=60,
@@ -80,8 +71,8 @@ def test_a_request_id_is_on_log_lines_of_the_edge_and_every_service(tmp_path: Pa
         )
         assert answer.headers["x-request-id"] == "req-followed"
     finally:
-        assert stop(process, 30) == 0, log.read_text()[-3000:]
-    lines = log_lines(log)
+        assert stop(gateway.process, 30) == 0, gateway.log.read_text()[-3000:]
+    lines = log_lines(gateway.log)
     services = {line["service"] for line in lines if line.get("request_id") == "req-followed"}
     assert services == {"edge", "auth", "files", "inference"}
     # Lines written outside any request (start-up, health checks) carry none.
