@@ -16,6 +16,9 @@ from services.auth.ledger import UsageLedger
 from services.auth.limiter import BucketLevel, Demand, LimitExceeded, demand_for, tightest
 
 MAX_RESERVATION_ID = 64  # the ledger's column
+MAX_LEASE_SLOTS = 10_000  # slots one lease may hold (each is an entry in the counter store)
+# A settle's usage may carry this: how many of a lease's requests were admitted.
+ADMITTED = "admitted_requests"
 
 
 class Counters(Protocol):
@@ -39,6 +42,8 @@ class Reservation:
     team_limits: Limits
     input_tokens: int
     output_tokens: int
+    requests: int = 1  # above 1 (or slots above 1): a lease, a block the caller admits from
+    slots: int = 1
 
     @functools.cached_property
     def demand(self) -> Demand:
@@ -49,6 +54,8 @@ class Reservation:
             self.team_limits.as_dict(),
             self.input_tokens,
             self.output_tokens,
+            self.requests,
+            self.slots,
         )
 
 
@@ -117,6 +124,8 @@ class Quotas:
         team_limits: Limits,
         input_tokens: int,
         output_tokens: int,
+        requests: int = 1,
+        slots: int = 1,
     ) -> Admitted:
         if input_tokens < 0 or output_tokens < 0:
             raise ServiceError(
@@ -125,8 +134,23 @@ class Quotas:
                 "token estimates must not be negative",
                 param="input_tokens",
             )
+        if requests < 0 or not 0 <= slots <= MAX_LEASE_SLOTS:
+            raise ServiceError(
+                Kind.INVALID_ARGUMENT,
+                "INVALID_FIELD",
+                f"requests must not be negative and slots must be 0 to {MAX_LEASE_SLOTS}",
+                param="slots" if requests >= 0 else "requests",
+            )
         reservation = Reservation(
-            uuid.uuid4().hex, key_id, team, key_limits, team_limits, input_tokens, output_tokens
+            uuid.uuid4().hex,
+            key_id,
+            team,
+            key_limits,
+            team_limits,
+            input_tokens,
+            output_tokens,
+            max(1, requests),
+            max(1, slots),
         )
         demand = reservation.demand
         levels: list[BucketLevel] = []
@@ -156,7 +180,11 @@ class Quotas:
                     param="settles.reservation.id",
                 )
         rows = [
-            {**usage, "reservation_id": r.id} for r, usage, part in settles if Part.LEDGER in part
+            {k: v for k, v in usage.items() if k != ADMITTED} | {"reservation_id": r.id}
+            if ADMITTED in usage
+            else {**usage, "reservation_id": r.id}
+            for r, usage, part in settles
+            if Part.LEDGER in part
         ]
         parts = [
             self._settle_counters(r, usage)
@@ -175,6 +203,8 @@ class Quotas:
 
     async def _settle_counters(self, reservation: Reservation, usage: dict[str, Any]) -> None:
         refunds = {
+            # A lease gives back the requests it did not admit; a request used its one.
+            "rpm": reservation.requests - int(usage.get(ADMITTED, reservation.requests)),
             "input_tpm": reservation.input_tokens - int(usage.get("input_tokens", 0)),
             "output_tpm": reservation.output_tokens - int(usage.get("output_tokens", 0)),
         }
