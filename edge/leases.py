@@ -6,8 +6,11 @@ requests, input and output tokens, concurrency slots — and admits requests fro
 it here, synchronously, without a call each. A request takes 1 request, its
 input estimate, its output budget and 1 slot; when it ends the slot comes back
 and its unused tokens too. A lease retires after RETIRE_S or when a request does
-not fit; once retired and idle, its settle (requests and tokens it did not use,
-its slots) goes to auth. Auth took the whole block up front, so what the edges
+not fit, and settles at once: the requests and tokens it did not use go back and
+its idle slots are freed. Requests still running then keep their slot entries
+and reserved tokens, and each settles on its own when it ends, as the
+one-request reservation `<lease id>:<slot index>` — so a long stream never holds
+a lease's unused rest. Auth took the whole block up front, so what the edges
 admit never exceeds the limits; what a lease holds unused is only late, not lost
 (unless the edge is killed: then until the buckets refill and the slots expire).
 
@@ -99,22 +102,19 @@ class Lease:
     requests_left: int
     input_left: int | None  # None: no such limit
     output_left: int | None
-    slots_free: int | None
+    free_slots: list[int] | None  # slot entry indices not in use; None: no such limit
     admitted: int = 0
-    input_used: int = 0  # actual tokens of requests that ended
+    input_used: int = 0  # actual tokens of requests that ended while it was open
     output_used: int = 0
-    in_flight: int = 0
-    input_held: int = 0  # reserved by requests still in flight
-    output_held: int = 0
+    running: dict[int, Taken] = field(default_factory=dict)  # by slot index (or ordinal)
     retired: bool = False
-    settled: bool = False
 
     def fits(self, input_tokens: int, output_tokens: int) -> bool:
         return (
             self.requests_left >= 1
             and (self.input_left is None or self.input_left >= input_tokens)
             and (self.output_left is None or self.output_left >= output_tokens)
-            and (self.slots_free is None or self.slots_free >= 1)
+            and (self.free_slots is None or bool(self.free_slots))
         )
 
     def headers(self) -> dict[str, str]:
@@ -135,14 +135,15 @@ class Lease:
         return headers
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class Taken:
     """One request's share of a lease, handed back by `LeaseBook.release`."""
 
     lease: Lease
+    index: int  # its slot entry (or, without a concurrency limit, its ordinal)
     input_tokens: int
     output_tokens: int
-    headers: dict[str, str] = field(compare=False)
+    headers: dict[str, str]
 
 
 class LeaseBook:
@@ -156,11 +157,10 @@ class LeaseBook:
         now: Callable[[], float] = time.monotonic,
         retire_s: float = RETIRE_S,
     ) -> None:
-        self._settle = settle  # queues a lease's settle (the edge's limit settles)
+        self._settle = settle  # queues a limits settle (the edge's limit settles)
         self._now = now
         self.retire_s = retire_s
         self._open: dict[BookKey, Lease] = {}
-        self._unsettled: set[Lease] = set()  # open, or retired with requests in flight
 
     def take(self, key: BookKey, input_tokens: int, output_tokens: int) -> Taken | None:
         """Admit one request from the key's open lease; None: no lease, or it is
@@ -174,21 +174,20 @@ class LeaseBook:
             self.retire(lease)
             return None
         lease.requests_left -= 1
-        lease.admitted += 1
-        lease.in_flight += 1
-        lease.input_held += input_tokens
-        lease.output_held += output_tokens
         if lease.input_left is not None:
             lease.input_left -= input_tokens
         if lease.output_left is not None:
             lease.output_left -= output_tokens
-        if lease.slots_free is not None:
-            lease.slots_free -= 1
-        return Taken(lease, input_tokens, output_tokens, lease.headers())
+        index = lease.admitted if lease.free_slots is None else lease.free_slots.pop()
+        lease.admitted += 1
+        taken = Taken(lease, index, input_tokens, output_tokens, lease.headers())
+        lease.running[index] = taken
+        return taken
 
     def open(self, key: BookKey, answer: pb.ReserveQuotaResponse, plan: Plan) -> Lease:
         """Book a lease auth granted; the key's previous one retires."""
         granted = answer.reservation
+        slots = max(1, granted.slots)
         lease = Lease(
             key=key,
             reservation=granted,
@@ -198,13 +197,13 @@ class LeaseBook:
             requests_left=max(1, granted.requests),
             input_left=None if plan.input_tokens is None else granted.input_tokens,
             output_left=None if plan.output_tokens is None else granted.output_tokens,
-            slots_free=None if plan.slots is None else max(1, granted.slots),
+            # Popped from the end: index 0 first.
+            free_slots=None if plan.slots is None else list(range(slots - 1, -1, -1)),
         )
         previous = self._open.get(key)
         if previous is not None:
             self.retire(previous)
         self._open[key] = lease
-        self._unsettled.add(lease)
         # An idle lease retires (and settles) by time too, not only on the next take;
         # without a loop (unit tests drive the clock by hand) only on the next take.
         with contextlib.suppress(RuntimeError):
@@ -212,48 +211,33 @@ class LeaseBook:
         return lease
 
     def release(self, taken: Taken, input_tokens: int, output_tokens: int) -> None:
-        """A request ended having used these tokens: its slot and unused tokens go
-        back to the lease (an overrun takes more); the last one out settles it."""
+        """A request ended having used these tokens. While its lease is open, its slot
+        and unused tokens go back to the lease (an overrun takes more); after the
+        lease settled, it settles its own share."""
         lease = taken.lease
-        lease.in_flight -= 1
-        lease.input_held -= taken.input_tokens
-        lease.output_held -= taken.output_tokens
+        if lease.running.pop(taken.index, None) is None:
+            return  # released before
+        if lease.retired:
+            self._settle(_own_settle(taken, input_tokens, output_tokens))
+            return
         lease.input_used += input_tokens
         lease.output_used += output_tokens
         if lease.input_left is not None:
             lease.input_left += taken.input_tokens - input_tokens
         if lease.output_left is not None:
             lease.output_left += taken.output_tokens - output_tokens
-        if lease.slots_free is not None:
-            lease.slots_free += 1
-        if lease.retired and lease.in_flight == 0:
-            self._close(lease)
+        if lease.free_slots is not None:
+            lease.free_slots.append(taken.index)
 
     def retire(self, lease: Lease) -> None:
-        """No more admissions from it; settled now if idle, else when the last request ends."""
-        if not lease.retired:
-            lease.retired = True
-            if self._open.get(lease.key) is lease:
-                del self._open[lease.key]
-        if lease.in_flight == 0:
-            self._close(lease)
-
-    def retire_all(self) -> None:
-        """At shutdown: settle every lease now. Requests still in flight count as
-        having used all they reserved (never less than the truth)."""
-        for lease in list(self._unsettled):
-            self.retire(lease)
-            self._close(lease)
-
-    @property
-    def open_leases(self) -> int:
-        return len(self._unsettled)
-
-    def _close(self, lease: Lease) -> None:
-        if lease.settled:
+        """No more admissions from it; it settles now, leaving its running requests
+        their slot entries and reserved tokens (they settle their own as they end)."""
+        if lease.retired:
             return
-        lease.settled = True
-        self._unsettled.discard(lease)
+        lease.retired = True
+        if self._open.get(lease.key) is lease:
+            del self._open[lease.key]
+        running = lease.running.values()
         granted = lease.reservation
         self._settle(
             pb.Settlement(
@@ -262,10 +246,46 @@ class LeaseBook:
                     request_id=granted.id,
                     key_id=granted.key_id,
                     team=granted.team,
-                    input_tokens=lease.input_used + lease.input_held,
-                    output_tokens=lease.output_used + lease.output_held,
+                    input_tokens=lease.input_used + sum(t.input_tokens for t in running),
+                    output_tokens=lease.output_used + sum(t.output_tokens for t in running),
                 ),
                 part=pb.SETTLE_PART_LIMITS,
                 admitted_requests=lease.admitted,
+                kept_slots=sorted(lease.running) if lease.free_slots is not None else [],
             )
         )
+
+    def retire_all(self) -> None:
+        """At shutdown: settle every open lease now."""
+        for lease in list(self._open.values()):
+            self.retire(lease)
+
+    @property
+    def open_leases(self) -> int:
+        return len(self._open)
+
+
+def _own_settle(taken: Taken, input_tokens: int, output_tokens: int) -> pb.Settlement:
+    """A request that outlived its lease's settle: a one-request reservation of its
+    own, whose id is its slot entry, so settling it frees exactly that slot."""
+    granted = taken.lease.reservation
+    reservation = pb.Reservation(
+        id=f"{granted.id}:{taken.index}",
+        key_id=granted.key_id,
+        team=granted.team,
+        key_limits=granted.key_limits,
+        team_limits=granted.team_limits,
+        input_tokens=taken.input_tokens,
+        output_tokens=taken.output_tokens,
+    )
+    return pb.Settlement(
+        reservation=reservation,
+        usage=pb.UsageRecord(
+            request_id=reservation.id,
+            key_id=granted.key_id,
+            team=granted.team,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        ),
+        part=pb.SETTLE_PART_LIMITS,
+    )

@@ -10,7 +10,7 @@ from core.limit_names import LIMIT_NAMES
 from services.auth.key_admin import UNSET, KeyChanges
 from services.auth.keys import KeyRecord, Limits
 from services.auth.limiter import BucketLevel
-from services.auth.quotas import ADMITTED, Part, Reservation
+from services.auth.quotas import ADMITTED, KEPT, Part, Reservation
 
 
 def limits_message(limits: Limits) -> pb.Limits:
@@ -114,10 +114,12 @@ def settle_part(part: pb.SettlePart.ValueType) -> Part:
 
 
 def settle_usage(settle: pb.Settlement) -> dict[str, Any]:
-    """The settle's usage row, plus how many requests a lease admitted when it says."""
+    """The settle's usage row, plus what a lease's settle says of its requests."""
     row = usage_row(settle.usage)
     if settle.HasField("admitted_requests"):
         row[ADMITTED] = max(0, settle.admitted_requests)
+    if settle.kept_slots:
+        row[KEPT] = list(settle.kept_slots)
     return row
 
 

@@ -60,9 +60,15 @@ class MemoryCounters:
                 held[member] = now + lease_s
         return taken
 
-    async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
+    async def settle(
+        self,
+        demand: Demand,
+        reservation_id: str,
+        refunds: dict[str, int],
+        kept: frozenset[int] = frozenset(),
+    ) -> bool:
         """Give back `refunds[limit]` tokens (negative: take more; `rpm`: a lease's
-        unused requests) and free the slots,
+        unused requests) and free the slots but the `kept` entries of a lease,
         once per reservation: False when it was settled before."""
         if reservation_id in self._settled:
             return False
@@ -77,7 +83,7 @@ class MemoryCounters:
             tokens, last = self._buckets.get(bucket.state_key, (float(bucket.capacity), now))
             level = refill(tokens, last, now, bucket.capacity)
             self._buckets[bucket.state_key] = (min(float(bucket.capacity), level + delta), now)
-        members = slot_members(reservation_id, demand.slot_count)
+        members = slot_members(reservation_id, demand.slot_count, kept)
         for slot in demand.slots:
             held = self._slots.get(slot.state_key, {})
             for member in members:

@@ -14,7 +14,7 @@ from services.auth.limiter import BucketLevel, Demand, LimitExceeded
 # Slot entries of a reservation: its id, or `<id>:<i>` (i from 0) for a lease's
 # many (limiter.slot_members); ZADD/ZREM take them in chunks (Lua's unpack limit).
 MEMBERS = """
-local function members(rid, count, score)
+local function members(rid, count, score, kept)
   local out = {}
   if count <= 1 then
     if score then out[1] = score end
@@ -23,9 +23,11 @@ local function members(rid, count, score)
   end
   local chunks = {}
   for i = 0, count - 1 do
-    if score then out[#out + 1] = score end
-    out[#out + 1] = rid .. ':' .. i
-    if #out >= 1000 then chunks[#chunks + 1] = out; out = {} end
+    if not (kept and kept[i]) then
+      if score then out[#out + 1] = score end
+      out[#out + 1] = rid .. ':' .. i
+      if #out >= 1000 then chunks[#chunks + 1] = out; out = {} end
+    end
   end
   if #out > 0 then chunks[#chunks + 1] = out end
   return chunks
@@ -76,7 +78,7 @@ for i = 1, nb do
   redis.call('EXPIRE', KEYS[i], math.ceil((cap - levels[i]) * 60 / cap) + 1)
 end
 if #KEYS > nb then
-  local chunks = members(rid, count, now + lease)
+  local chunks = members(rid, count, now + lease, nil)
   for j = nb + 1, #KEYS do
     for _, chunk in ipairs(chunks) do redis.call('ZADD', KEYS[j], unpack(chunk)) end
     redis.call('EXPIRE', KEYS[j], math.ceil(lease) + 1)
@@ -87,7 +89,8 @@ return report({1})
 )
 
 # KEYS: settled marker, bucket keys, then slot keys.
-# ARGV: reservation id, n_buckets, slot count, then capacity+refund per bucket.
+# ARGV: reservation id, n_buckets, slot count, then capacity+refund per bucket,
+# then the slot indices a lease's running requests keep (not freed here).
 SETTLE = (
     MEMBERS
     + """
@@ -107,7 +110,9 @@ for i = 1, nb do
   end
 end
 if #KEYS > nb + 1 then
-  local chunks = members(rid, count, nil)
+  local kept = {}
+  for k = 4 + 2 * nb, #ARGV do kept[tonumber(ARGV[k])] = true end
+  local chunks = members(rid, count, nil, kept)
   for j = nb + 2, #KEYS do
     for _, chunk in ipairs(chunks) do redis.call('ZREM', KEYS[j], unpack(chunk)) end
   end
@@ -166,13 +171,21 @@ class RedisCounters:
         slot = demand.slots[index - n]
         raise LimitExceeded("max_concurrent", slot.scope, slot.capacity, wait, levels)
 
-    async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
-        """False when this reservation was settled before (by any replica)."""
+    async def settle(
+        self,
+        demand: Demand,
+        reservation_id: str,
+        refunds: dict[str, int],
+        kept: frozenset[int] = frozenset(),
+    ) -> bool:
+        """False when this reservation was settled before (by any replica). `kept`:
+        a lease's slot entries left held (see limiter.slot_members)."""
         keys = [f"aq:settled:{reservation_id}"] + [b.state_key for b in demand.buckets]
         keys += [s.state_key for s in demand.slots]
         args: list[str | int] = [reservation_id, len(demand.buckets), demand.slot_count]
         for bucket in demand.buckets:
             args += [bucket.capacity, refunds.get(bucket.limit, 0)]
+        args += sorted(kept)
         return bool(int(await self._settle(keys=keys, args=args)))
 
     async def close(self) -> None:

@@ -135,11 +135,12 @@ def demand_for(
     return Demand(tuple(buckets), tuple(held), max(1, slots), block)
 
 
-def slot_members(reservation_id: str, count: int) -> list[str]:
-    """The slot entries of one reservation: its id, or `<id>:<i>` for a lease's many."""
+def slot_members(reservation_id: str, count: int, kept: frozenset[int] = frozenset()) -> list[str]:
+    """The slot entries of one reservation: its id, or `<id>:<i>` for a lease's many
+    (but the `kept` ones: each is the slot of a one-request reservation `<id>:<i>`)."""
     if count <= 1:
         return [reservation_id]
-    return [f"{reservation_id}:{i}" for i in range(count)]
+    return [f"{reservation_id}:{i}" for i in range(count) if i not in kept]
 
 
 def tightest(levels: list[BucketLevel], names: tuple[str, ...]) -> BucketLevel | None:

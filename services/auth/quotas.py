@@ -17,8 +17,10 @@ from services.auth.limiter import BucketLevel, Demand, LimitExceeded, demand_for
 
 MAX_RESERVATION_ID = 64  # the ledger's column
 MAX_LEASE_SLOTS = 10_000  # slots one lease may hold (each is an entry in the counter store)
-# A settle's usage may carry this: how many of a lease's requests were admitted.
+# A settle's usage may carry these: how many of a lease's requests were admitted,
+# and the slot entries its still running requests keep (Settlement's fields).
 ADMITTED = "admitted_requests"
+KEPT = "kept_slots"
 
 
 class Counters(Protocol):
@@ -26,8 +28,15 @@ class Counters(Protocol):
         self, demand: Demand, reservation_id: str, lease_s: float
     ) -> list[BucketLevel]: ...
 
-    async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
-        """Idempotent per reservation id: False when it was settled before."""
+    async def settle(
+        self,
+        demand: Demand,
+        reservation_id: str,
+        refunds: dict[str, int],
+        kept: frozenset[int] = frozenset(),
+    ) -> bool:
+        """Idempotent per reservation id: False when it was settled before. `kept`:
+        a lease's slot entries (indices) left held, each settled later on its own."""
         ...
 
     async def close(self) -> None: ...
@@ -180,9 +189,7 @@ class Quotas:
                     param="settles.reservation.id",
                 )
         rows = [
-            {k: v for k, v in usage.items() if k != ADMITTED} | {"reservation_id": r.id}
-            if ADMITTED in usage
-            else {**usage, "reservation_id": r.id}
+            {k: v for k, v in usage.items() if k not in (ADMITTED, KEPT)} | {"reservation_id": r.id}
             for r, usage, part in settles
             if Part.LEDGER in part
         ]
@@ -209,4 +216,5 @@ class Quotas:
             "output_tpm": reservation.output_tokens - int(usage.get("output_tokens", 0)),
         }
         with self.limits.guard():
-            await self.counters.settle(reservation.demand, reservation.id, refunds)
+            kept = frozenset(usage.get(KEPT, ()))
+            await self.counters.settle(reservation.demand, reservation.id, refunds, kept)

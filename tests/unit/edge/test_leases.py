@@ -80,17 +80,30 @@ def test_a_lease_never_admits_beyond_its_block_and_settles_exact_numbers() -> No
     leases.open(key, granted(5, 100, 1000, 8), Plan(5, 100, 1000, 8))
     taken = [leases.take(key, 10, 50) for _ in range(5)]
     assert all(t is not None for t in taken)
-    assert leases.take(key, 10, 50) is None  # 5 requests: the sixth retires it
-    assert settled == []  # still in flight
     actual = [(8, 20), (10, 50), (0, 0), (12, 70), (9, 1)]
-    for t, (used_in, used_out) in zip(taken, actual, strict=True):
+    for t, (used_in, used_out) in zip(taken[:2], actual, strict=False):
         assert t is not None
         leases.release(t, used_in, used_out)
-    assert len(settled) == 1
-    settle = settled[0]
-    assert settle.reservation.id == "lease-1" and settle.part == pb.SETTLE_PART_LIMITS
-    assert settle.admitted_requests == 5
-    assert (settle.usage.input_tokens, settle.usage.output_tokens) == (39, 141)
+    assert settled == []  # open: nothing settles yet
+    assert leases.take(key, 10, 50) is None  # 5 requests: the sixth retires it
+    # The lease settles at once: 5 admitted; two ended (their actual tokens), three
+    # still running keep their slot entries and count their reserved tokens.
+    (lease,) = settled
+    assert lease.reservation.id == "lease-1" and lease.part == pb.SETTLE_PART_LIMITS
+    assert lease.admitted_requests == 5
+    assert (lease.usage.input_tokens, lease.usage.output_tokens) == (18 + 30, 70 + 150)
+    running = [t for t in taken[2:] if t is not None]
+    assert sorted(lease.kept_slots) == sorted(t.index for t in running)
+    # Each running request then settles its own share: its slot entry, its tokens.
+    for t, (used_in, used_out) in zip(running, actual[2:], strict=True):
+        leases.release(t, used_in, used_out)
+        leases.release(t, used_in, used_out)  # twice: counted once
+    own = settled[1:]
+    assert [s.reservation.id for s in own] == [f"lease-1:{t.index}" for t in running]
+    assert [
+        (s.reservation.input_tokens, s.usage.input_tokens, s.usage.output_tokens) for s in own
+    ] == [(10, 0, 0), (10, 12, 70), (10, 9, 1)]
+    assert all(s.reservation.requests in (0, 1) and s.reservation.slots in (0, 1) for s in own)
     assert leases.open_leases == 0
 
 
@@ -100,25 +113,26 @@ def test_tokens_and_slots_bound_a_lease_and_come_back_when_requests_end() -> Non
     leases.open(key, granted(100, 100, 10_000, 2), Plan(100, 100, 10_000, 2))
     first, second = leases.take(key, 30, 10), leases.take(key, 30, 10)
     assert first is not None and second is not None
-    # Both slots are in flight: a third request does not fit, and the lease retires.
-    assert leases.take(key, 30, 10) is None
+    assert {first.index, second.index} == {0, 1}  # two slot entries, one each
     leases.release(first, 5, 3)
-    leases.release(second, 30, 10)
-    assert settled[0].admitted_requests == 2
-    assert (settled[0].usage.input_tokens, settled[0].usage.output_tokens) == (35, 13)
+    third = leases.take(key, 30, 10)  # the freed slot is used again
+    assert third is not None and third.index == first.index
+    # Both slots are in flight: the next request does not fit, and the lease retires.
+    assert leases.take(key, 30, 10) is None
+    assert settled[0].admitted_requests == 3
+    assert sorted(settled[0].kept_slots) == [0, 1]
+    assert (settled[0].usage.input_tokens, settled[0].usage.output_tokens) == (65, 23)
 
-    # Input tokens: 100 in the block, 30 each reserved; unused ones come back at the end.
+    # Input tokens: 100 in the block, 30 each reserved; unused ones come back.
     leases.open(key, granted(100, 100, 10_000, 8), Plan(100, 100, 10_000, 8))
     held = [leases.take(key, 30, 10) for _ in range(3)]
-    assert all(held)
-    assert held[0] is not None
+    assert held[0] is not None and all(held)
     leases.release(held[0], 0, 0)  # used none of its 30: room for one more
-    again = leases.take(key, 30, 10)
-    assert again is not None
+    assert leases.take(key, 30, 10) is not None
     assert leases.take(key, 30, 10) is None  # 10 left
 
 
-def test_a_lease_retires_after_its_time_and_settles_once_idle() -> None:
+def test_a_lease_retires_after_its_time_with_an_injected_clock() -> None:
     clock = Clock()
     leases, settled = book(clock)
     key = book_key(BIG)
@@ -127,15 +141,14 @@ def test_a_lease_retires_after_its_time_and_settles_once_idle() -> None:
     assert running is not None
     clock.now += 0.99
     assert leases.take(key, 1, 1) is not None
-    clock.now += 0.02  # 1.01 s old: no more admissions
-    assert leases.take(key, 1, 1) is None
-    assert settled == []  # two requests still run on it
-    leases.release(running, 1, 1)
     assert settled == []
-    assert leases.open_leases == 1
+    clock.now += 0.02  # 1.01 s old: no more admissions, and it settles
+    assert leases.take(key, 1, 1) is None
+    assert [(s.admitted_requests, len(s.kept_slots)) for s in settled] == [(2, 2)]
+    assert leases.open_leases == 0
 
 
-def test_an_idle_lease_settles_by_its_timer_and_retire_all_counts_running_requests() -> None:
+def test_an_idle_lease_settles_by_its_timer_and_at_shutdown() -> None:
     async def scenario() -> tuple[list[pb.Settlement], list[pb.Settlement]]:
         settled: list[pb.Settlement] = []
         leases = LeaseBook(settled.append, retire_s=0.05)
@@ -151,15 +164,16 @@ def test_an_idle_lease_settles_by_its_timer_and_retire_all_counts_running_reques
         running = leases.take(key, 7, 9)
         assert running is not None
         leases.retire_all()  # shutdown with a request in flight
-        leases.release(running, 1, 1)  # ends later: nothing settles twice
+        leases.release(running, 1, 1)  # it ends later and settles its own share
         return by_timer, settled
 
     by_timer, at_shutdown = asyncio.run(scenario())
-    assert [(s.admitted_requests, s.usage.input_tokens) for s in by_timer] == [(1, 5)]
-    # The running request counts as all it reserved: never less than the truth.
+    assert [(s.admitted_requests, s.usage.input_tokens, list(s.kept_slots)) for s in by_timer] == [
+        (1, 5, [])
+    ]
     assert [
-        (s.admitted_requests, s.usage.input_tokens, s.usage.output_tokens) for s in at_shutdown
-    ] == [(1, 7, 9)]
+        (s.reservation.id, s.usage.input_tokens, s.usage.output_tokens) for s in at_shutdown
+    ] == [("lease-1", 7, 9), ("lease-1:0", 1, 1)]
 
 
 class LeasingAuth:
@@ -220,10 +234,16 @@ def test_concurrent_requests_share_one_lease_call_and_settle_their_rows() -> Non
     assert limiter.admissions == {"leased": 15, "per_request": 0, "unlimited": 0}
     rows = [s for s in auth.settles if s.part == pb.SETTLE_PART_LEDGER]
     assert sorted(s.usage.request_id for s in rows) == sorted(f"q{i}" for i in range(15))
-    leases = [s for s in auth.settles if s.part == pb.SETTLE_PART_LIMITS]
-    assert sorted(
-        (s.reservation.id, s.admitted_requests, s.usage.input_tokens) for s in leases
-    ) == [("r1", 10, 100), ("r2", 5, 50)]
+    limits = {s.reservation.id: s for s in auth.settles if s.part == pb.SETTLE_PART_LIMITS}
+    # r1 retired with its 10 requests running: each settled its own slot entry then;
+    # r2 settled at the drain, its 5 requests ended.
+    assert (limits["r1"].admitted_requests, sorted(limits["r1"].kept_slots)) == (
+        10,
+        list(range(10)),
+    )
+    assert [limits[f"r1:{i}"].usage.input_tokens for i in range(10)] == [10] * 10
+    assert (limits["r2"].admitted_requests, limits["r2"].usage.input_tokens) == (5, 50)
+    assert len(limits) == 12
 
 
 def test_a_refused_lease_falls_back_to_reserving_per_request() -> None:

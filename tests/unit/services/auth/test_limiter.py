@@ -266,3 +266,45 @@ def test_a_block_larger_than_a_bucket_is_refused_even_when_full(counters: Any, r
     demand = demand_for(owner(), "", {"rpm": 10}, {}, 0, 0, requests=11)
     with pytest.raises(LimitExceeded):
         run(counters.reserve(demand, uuid.uuid4().hex, 60))
+
+
+def test_a_lease_settle_keeps_the_slots_of_running_requests_until_they_settle(
+    counters: Any, run: Any
+) -> None:
+    """A lease settled while two of its requests run frees its other slots; each of
+    those two frees its own entry later as the one-request reservation `<id>:<i>`."""
+    key = owner()
+    limits = {"max_concurrent": 4, "input_tpm": 1000}
+    lease = uuid.uuid4().hex
+    block = demand_for(key, "", limits, {}, 400, 0, requests=10, slots=4)
+    one = demand_for(key, "", limits, {}, 0, 0)
+
+    async def fits() -> int:
+        """How many single requests fit now (then given back)."""
+        taken = []
+        try:
+            for _ in range(5):
+                rid = uuid.uuid4().hex
+                await counters.reserve(one, rid, 60)
+                taken.append(rid)
+        except LimitExceeded:
+            pass
+        for rid in taken:
+            await counters.settle(one, rid, {})
+        return len(taken)
+
+    async def scenario() -> list[int]:
+        await counters.reserve(block, lease, 60)
+        found = [await fits()]
+        # Admitted 3; one ended using 10 tokens, two run holding 100 reserved each.
+        await counters.settle(block, lease, {"input_tpm": 400 - 210}, frozenset({1, 3}))
+        found.append(await fits())
+        running = demand_for(key, "", limits, {}, 100, 0)
+        assert await counters.settle(running, f"{lease}:1", {"input_tpm": 100 - 40})
+        assert not await counters.settle(running, f"{lease}:1", {"input_tpm": 60})
+        found.append(await fits())
+        await counters.settle(running, f"{lease}:3", {"input_tpm": 100 - 100})
+        found.append(await fits())
+        return found
+
+    assert run(scenario()) == [0, 2, 3, 4]
