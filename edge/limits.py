@@ -220,9 +220,11 @@ class Limiter:
         False: auth refused the block or leases are off; the request reserves alone."""
         pending = self._leasing.get(key)
         if pending is None:
-            loop = asyncio.get_running_loop()
-            if self._lease_refused.get(key, 0.0) > loop.time():
-                return False
+            refused_until = self._lease_refused.get(key)
+            if refused_until is not None:
+                if refused_until > asyncio.get_running_loop().time():
+                    return False
+                del self._lease_refused[key]
             pending = asyncio.ensure_future(self._lease_call(key, principal, plan, request_id))
             self._leasing[key] = pending
             pending.add_done_callback(lambda done: self._lease_done(key, done))
@@ -265,7 +267,6 @@ class Limiter:
             self.leasing = False
             self.limit_settles.add(_unused(answer.reservation))
             return False
-        self._lease_refused.pop(key, None)
         self.leases.open(key, answer, plan)
         return True
 
