@@ -302,3 +302,16 @@ def test_small_limits_reserve_per_request(limits: pb.Limits) -> None:
 
     asyncio.run(scenario())
     assert [r.requests for r in auth.reserves] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("value", "on"), [(None, True), ("on", True), ("1", True), ("0", False), ("off", False)]
+)
+def test_the_operator_switch(monkeypatch: pytest.MonkeyPatch, value: str | None, on: bool) -> None:
+    from edge.config import Settings
+
+    if value is None:
+        monkeypatch.delenv("AQUEDUCT_LIMIT_LEASES", raising=False)
+    else:
+        monkeypatch.setenv("AQUEDUCT_LIMIT_LEASES", value)
+    assert Settings.from_env().limit_leases is on
