@@ -34,7 +34,7 @@ from edge.errors import UNLIMITED_RATE_HEADERS, duration
 FRACTION = 50  # a lease takes ~1/FRACTION of each limit's per-minute capacity
 MIN_BLOCK = 8  # lease only when each limit gives at least this many requests' worth
 MAX_SLOTS = 512  # slots one lease holds at most (more than an edge runs in a second)
-MAX_REQUESTS = 100_000  # requests of a lease when no rpm limit bounds them
+MAX_REQUESTS = 100_000  # requests one lease holds at most (all of them without an rpm limit)
 RETIRE_S = 1.0  # a lease admits for this long at most
 
 BookKey = tuple[str, str, bytes]  # key id, team, the limits' fingerprint
@@ -71,7 +71,7 @@ def plan_for(principal: pb.Principal, input_tokens: int, output_tokens: int) -> 
     """The block to lease for this key, or None: its limits are too small next to
     this request, so it reserves per request."""
     rpm = _smallest(principal, "rpm")
-    requests = MAX_REQUESTS if rpm is None else rpm // FRACTION
+    requests = MAX_REQUESTS if rpm is None else min(MAX_REQUESTS, rpm // FRACTION)
     if requests < MIN_BLOCK:
         return None
     tokens: list[int | None] = []
