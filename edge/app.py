@@ -84,7 +84,7 @@ class Gateway:
         )
         auth = auth_pb2_grpc.AuthServiceStub(self.channels["auth"])
         self.authenticator = Authenticator(auth, settings.key_cache_ttl_s)
-        self.limiter = Limiter(auth, settings.reserve_output_tokens)
+        self.limiter = Limiter(auth, settings.reserve_output_tokens, settings.limit_leases)
         admin = auth_pb2_grpc.AdminServiceStub(self.channels["auth"])
         self.admin = AdminApi(self.authenticator, admin)
         # The console's upstream health, from each inference replica (edge/replica_models.py).

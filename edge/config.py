@@ -65,6 +65,8 @@ class Settings:
     key_cache_ttl_s: float = 1.0
     # Output tokens reserved against output_tpm when a request sets no max_tokens.
     reserve_output_tokens: int = 512
+    # Keys with large limits are admitted from leases held here (edge/leases.py).
+    limit_leases: bool = True
     # Decoded size of one file part in a chat request / of all of them (CONTRACT.md).
     max_file_part_bytes: int = 10 * 1024 * 1024
     max_file_parts_total_bytes: int = 32 * 1024 * 1024
@@ -92,6 +94,7 @@ class Settings:
             max_body_bytes=env_int("AQUEDUCT_MAX_BODY_MB", 64, minimum=1) * 1024 * 1024,
             key_cache_ttl_s=min(env_float("AQUEDUCT_KEY_CACHE_TTL_S", 1.0), 1.0),
             reserve_output_tokens=env_int("AQUEDUCT_RESERVE_OUTPUT_TOKENS", 512, minimum=1),
+            limit_leases=env("AQUEDUCT_LIMIT_LEASES", "on").lower() not in ("off", "0", "false"),
             max_file_part_bytes=env_int("AQUEDUCT_MAX_FILE_PART_MB", 10, minimum=1) * 1024 * 1024,
             max_file_parts_total_bytes=env_int("AQUEDUCT_MAX_FILE_PARTS_TOTAL_MB", 32, minimum=1)
             * 1024

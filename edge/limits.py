@@ -1,7 +1,9 @@
 """Quota around each request: reserve before, settle after (off the request path).
 
 The settle also writes the request's ledger row, so it runs for every admitted
-request however it ends: finished, failed, or cut by the client.
+request however it ends: finished, failed, or cut by the client. Keys whose
+limits are large next to one request are admitted from a lease (edge/leases.py)
+without a call each; the others reserve per request.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from core.limit_names import unlimited
 from core.settles import SettleQueue
 from core.status import error_info
 from edge.errors import UNLIMITED_RATE_HEADERS, ApiError, duration, from_rpc_error
+from edge.leases import BookKey, LeaseBook, Plan, Taken, book_key, plan_for
 
 if TYPE_CHECKING:
     from aqueduct.auth.v1.auth_pb2_grpc import AuthServiceAsyncStub
@@ -37,6 +40,7 @@ RESERVE_TIMEOUT_S = 5.0
 RIDE_S = 0.02
 LEDGER_BATCH_S = 0.05
 RIDERS = 100  # settles one reservation carries at most
+LEASE_TRIES = 3  # leases a request waits for before it reserves on its own
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Admission:
     principal: pb.Principal
     reservation: pb.Reservation
     headers: Mapping[str, str]  # x-ratelimit-*: shared, never changed
+    lease: Taken | None = None  # admitted from a lease: its share, given back at settle
 
 
 def rate_headers(answer: pb.ReserveQuotaResponse) -> dict[str, str]:
@@ -122,7 +127,9 @@ class Limiter:
     """Reserve through auth (skipped for keys with no limits at all); settle
     through a queue that delivers every settle while the edge runs."""
 
-    def __init__(self, stub: AuthServiceAsyncStub, default_output_tokens: int) -> None:
+    def __init__(
+        self, stub: AuthServiceAsyncStub, default_output_tokens: int, leases: bool = True
+    ) -> None:
         self.stub = stub
         self.default_output_tokens = default_output_tokens
         # A settle in two parts: its limits (a slot, unused tokens the next
@@ -134,6 +141,13 @@ class Limiter:
         self.riding = True
         # Requests refused by a limit, by (limit, scope, team), for /metrics.
         self.rate_limited: dict[tuple[str, str, str], int] = {}
+        # Requests admitted, by path: leased, per_request, unlimited (for /metrics).
+        self.admissions = {"leased": 0, "per_request": 0, "unlimited": 0}
+        self.leases = LeaseBook(self.limit_settles.add)
+        # False when leases are off (AQUEDUCT_LIMIT_LEASES=0, or auth is too old).
+        self.leasing = leases
+        self._leasing: dict[BookKey, asyncio.Future[bool]] = {}  # one lease call per key
+        self._lease_refused: dict[BookKey, float] = {}  # no lease asked until then
 
     async def reserve(
         self, principal: pb.Principal, input_tokens: int, max_tokens: int | None, request_id: str
@@ -148,7 +162,13 @@ class Limiter:
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
             )
+            self.admissions["unlimited"] += 1
             return Admission(principal, reservation, UNLIMITED_RATE_HEADERS)
+        if self.leasing:
+            leased = await self._from_lease(principal, input_tokens, output_tokens, request_id)
+            if leased is not None:
+                self.admissions["leased"] += 1
+                return leased
         request = pb.ReserveQuotaRequest(
             key_id=principal.key_id,
             team=principal.team,
@@ -166,7 +186,89 @@ class Limiter:
             if mapped.status == 429:
                 self._count_rate_limited(error, principal.team)
             raise mapped from None
+        self.admissions["per_request"] += 1
         return Admission(principal, answer.reservation, rate_headers(answer))
+
+    async def _from_lease(
+        self, principal: pb.Principal, input_tokens: int, output_tokens: int, request_id: str
+    ) -> Admission | None:
+        """Admit from the key's lease, leasing anew when it is missing, old or too
+        empty; None: this key or request reserves on its own."""
+        plan = plan_for(principal, input_tokens, output_tokens)
+        if plan is None:
+            return None
+        key = book_key(principal)
+        for _ in range(LEASE_TRIES):
+            taken = self.leases.take(key, input_tokens, output_tokens)
+            if taken is not None:
+                reservation = pb.Reservation(  # its id keys the request's own ledger row
+                    id=uuid.uuid4().hex,
+                    key_id=principal.key_id,
+                    team=principal.team,
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                )
+                return Admission(principal, reservation, taken.headers, taken)
+            if not await self._lease(key, principal, plan, request_id):
+                return None
+        return None
+
+    async def _lease(
+        self, key: BookKey, principal: pb.Principal, plan: Plan, request_id: str
+    ) -> bool:
+        """Open a lease for `key`, sharing a call already under way (single flight).
+        False: auth refused the block or leases are off; the request reserves alone."""
+        pending = self._leasing.get(key)
+        if pending is None:
+            refused_until = self._lease_refused.get(key)
+            if refused_until is not None:
+                if refused_until > asyncio.get_running_loop().time():
+                    return False
+                del self._lease_refused[key]
+            pending = asyncio.ensure_future(self._lease_call(key, principal, plan, request_id))
+            self._leasing[key] = pending
+            pending.add_done_callback(lambda done: self._lease_done(key, done))
+        # Shielded: a request that goes away leaves the lease call to the others.
+        return await asyncio.shield(pending)
+
+    def _lease_done(self, key: BookKey, done: asyncio.Future[bool]) -> None:
+        if self._leasing.get(key) is done:
+            del self._leasing[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: the waiters raise it (or none was left)
+
+    async def _lease_call(
+        self, key: BookKey, principal: pb.Principal, plan: Plan, request_id: str
+    ) -> bool:
+        request = pb.ReserveQuotaRequest(
+            key_id=principal.key_id,
+            team=principal.team,
+            key_limits=principal.limits,
+            team_limits=principal.team_limits,
+            input_tokens=plan.input_tokens or 0,
+            output_tokens=plan.output_tokens or 0,
+            requests=plan.requests,
+            slots=plan.slots or 1,
+            request_id=request_id,
+            traceparent=tracing.traceparent(),
+        )
+        try:
+            answer = await self._reserve(request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                # The block does not fit (a request alone may): per request for a while.
+                until = asyncio.get_running_loop().time() + self.leases.retire_s
+                self._lease_refused[key] = until
+                return False
+            raise from_rpc_error(error, "auth") from None
+        if answer.reservation.requests != plan.requests:
+            # An auth older than leases reserved one request with the block's tokens.
+            log.info("auth does not lease blocks of requests; reserving per request")
+            self.leasing = False
+            self.limit_settles.add(_unused(answer.reservation))
+            return False
+        self.leases.open(key, answer, plan)
+        return True
 
     async def _reserve(self, request: pb.ReserveQuotaRequest) -> pb.ReserveQuotaResponse:
         """ReserveQuota, carrying the limit settles queued meanwhile."""
@@ -209,7 +311,9 @@ class Limiter:
     def settle(self, admission: Admission, usage: Usage) -> None:
         """Queue the settle (core/settles.py); the answer never waits for it."""
         reservation, record = admission.reservation, usage.record(admission.principal)
-        if not unlimited(admission.principal):
+        if admission.lease is not None:
+            self.leases.release(admission.lease, usage.input_tokens, usage.output_tokens)
+        elif not unlimited(admission.principal):
             self.limit_settles.add(
                 pb.Settlement(reservation=reservation, usage=record, part=pb.SETTLE_PART_LIMITS)
             )
@@ -218,5 +322,17 @@ class Limiter:
         )
 
     async def drain(self, timeout: float = 10.0) -> None:
-        """Send what is queued and wait for it (at shutdown), so no usage is lost."""
+        """Settle every lease, send what is queued and wait for it (at shutdown), so
+        no usage is lost."""
+        self.leases.retire_all()
         await asyncio.gather(self.limit_settles.drain(timeout), self.ledger_settles.drain(timeout))
+
+
+def _unused(reservation: pb.Reservation) -> pb.Settlement:
+    """The settle of a reservation nothing was admitted from: all of it goes back."""
+    return pb.Settlement(
+        reservation=reservation,
+        usage=pb.UsageRecord(request_id=reservation.id, key_id=reservation.key_id),
+        part=pb.SETTLE_PART_LIMITS,
+        admitted_requests=0,
+    )

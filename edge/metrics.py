@@ -168,6 +168,15 @@ class _EdgeState(Collector):
         for labels, count in by_team.items():
             limited.add_metric(list(labels), count)
         yield limited
+        admitted = CounterMetricFamily(
+            "aqueduct_limit_admissions",
+            "Requests admitted, by path: leased (from a block of quota this edge holds), "
+            "per_request (a reserve call to auth each) or unlimited (no limits, no call).",
+            labels=["path"],
+        )
+        for path, count in list(self.limiter.admissions.items()):
+            admitted.add_metric([path], count)
+        yield admitted
         yield GaugeMetricFamily(
             "aqueduct_settles_pending",
             "Settles (limits back, ledger rows) waiting for auth to take them.",

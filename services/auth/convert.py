@@ -10,7 +10,7 @@ from core.limit_names import LIMIT_NAMES
 from services.auth.key_admin import UNSET, KeyChanges
 from services.auth.keys import KeyRecord, Limits
 from services.auth.limiter import BucketLevel
-from services.auth.quotas import Part, Reservation
+from services.auth.quotas import ADMITTED, KEPT, Part, Reservation
 
 
 def limits_message(limits: Limits) -> pb.Limits:
@@ -71,6 +71,8 @@ def reservation_message(reservation: Reservation) -> pb.Reservation:
         team_limits=limits_message(reservation.team_limits),
         input_tokens=reservation.input_tokens,
         output_tokens=reservation.output_tokens,
+        requests=reservation.requests,
+        slots=reservation.slots,
     )
 
 
@@ -83,6 +85,8 @@ def reservation_value(message: pb.Reservation) -> Reservation:
         team_limits=limits_value(message.team_limits),
         input_tokens=message.input_tokens,
         output_tokens=message.output_tokens,
+        requests=max(1, message.requests),
+        slots=max(1, message.slots),
     )
 
 
@@ -107,6 +111,16 @@ SETTLE_PARTS = {
 def settle_part(part: pb.SettlePart.ValueType) -> Part:
     """An unknown part (a newer caller's) is settled whole: each part counts once."""
     return SETTLE_PARTS.get(part, Part.BOTH)
+
+
+def settle_usage(settle: pb.Settlement) -> dict[str, Any]:
+    """The settle's usage row, plus what a lease's settle says of its requests."""
+    row = usage_row(settle.usage)
+    if settle.HasField("admitted_requests"):
+        row[ADMITTED] = max(0, settle.admitted_requests)
+    if settle.kept_slots:
+        row[KEPT] = list(settle.kept_slots)
+    return row
 
 
 def usage_row(record: pb.UsageRecord) -> dict[str, Any]:

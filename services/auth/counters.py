@@ -13,6 +13,7 @@ from services.auth.limiter import (
     LimitExceeded,
     refill,
     shortfall_wait,
+    slot_members,
 )
 
 SLOT_RETRY_S = 1.0
@@ -35,13 +36,15 @@ class MemoryCounters:
             tokens, last = self._buckets.get(bucket.state_key, (float(bucket.capacity), now))
             levels.append(BucketLevel(bucket, refill(tokens, last, now, bucket.capacity)))
         for level in levels:
-            wait = shortfall_wait(level.tokens, level.bucket.amount, level.bucket.capacity)
+            wait = shortfall_wait(
+                level.tokens, level.bucket.amount, level.bucket.capacity, demand.block
+            )
             if wait > 0:
                 b = level.bucket
                 raise LimitExceeded(b.limit, b.scope, b.capacity, wait, levels)
         for slot in demand.slots:
             leases = self._live_leases(slot.state_key, now)
-            if len(leases) >= slot.capacity:
+            if len(leases) + demand.slot_count > slot.capacity:
                 raise LimitExceeded(
                     "max_concurrent", slot.scope, slot.capacity, SLOT_RETRY_S, levels
                 )
@@ -50,12 +53,22 @@ class MemoryCounters:
             remaining = level.tokens - level.bucket.amount
             self._buckets[level.bucket.state_key] = (remaining, now)
             taken.append(BucketLevel(level.bucket, remaining))
+        members = slot_members(reservation_id, demand.slot_count)
         for slot in demand.slots:
-            self._slots.setdefault(slot.state_key, {})[reservation_id] = now + lease_s
+            held = self._slots.setdefault(slot.state_key, {})
+            for member in members:
+                held[member] = now + lease_s
         return taken
 
-    async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
-        """Give back `refunds[limit]` tokens (negative: take more) and free the slots,
+    async def settle(
+        self,
+        demand: Demand,
+        reservation_id: str,
+        refunds: dict[str, int],
+        kept: frozenset[int] = frozenset(),
+    ) -> bool:
+        """Give back `refunds[limit]` tokens (negative: take more; `rpm`: a lease's
+        unused requests) and free the slots but the `kept` entries of a lease,
         once per reservation: False when it was settled before."""
         if reservation_id in self._settled:
             return False
@@ -70,8 +83,11 @@ class MemoryCounters:
             tokens, last = self._buckets.get(bucket.state_key, (float(bucket.capacity), now))
             level = refill(tokens, last, now, bucket.capacity)
             self._buckets[bucket.state_key] = (min(float(bucket.capacity), level + delta), now)
+        members = slot_members(reservation_id, demand.slot_count, kept)
         for slot in demand.slots:
-            self._slots.get(slot.state_key, {}).pop(reservation_id, None)
+            held = self._slots.get(slot.state_key, {})
+            for member in members:
+                held.pop(member, None)
         return True
 
     def _live_leases(self, key: str, now: float) -> dict[str, float]:

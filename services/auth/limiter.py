@@ -51,10 +51,13 @@ class Slot:
 
 @dataclass(frozen=True, slots=True)
 class Demand:
-    """All that one request takes; empty when the key and team are unlimited."""
+    """All that one request (or a lease's block of them) takes; empty when the
+    key and team are unlimited."""
 
     buckets: tuple[Bucket, ...]
     slots: tuple[Slot, ...]
+    slot_count: int = 1  # slots taken under each max_concurrent limit
+    block: bool = False  # a lease: must fit whole, no oversized-request exception
 
     def __bool__(self) -> bool:
         return bool(self.buckets or self.slots)
@@ -88,10 +91,15 @@ def refill(tokens: float, last: float, now: float, capacity: int) -> float:
     return min(float(capacity), tokens + max(0.0, now - last) * capacity / WINDOW_S)
 
 
-def shortfall_wait(tokens: float, amount: int, capacity: int) -> float:
-    """Seconds until `amount` fits (0 if it fits now); whole-bucket requests need a full bucket."""
-    need = min(amount, capacity)
-    return 0.0 if tokens >= need else (need - tokens) * WINDOW_S / capacity
+def shortfall_wait(tokens: float, amount: int, capacity: int, block: bool = False) -> float:
+    """Seconds until `amount` fits (0 if it fits now); whole-bucket requests need a
+    full bucket, a lease's block (which is never larger than a bucket) all of it."""
+    need = amount if block else min(amount, capacity)
+    if tokens >= need:
+        return 0.0
+    if need > capacity:  # a block larger than the bucket never fits: a minute says "smaller"
+        return WINDOW_S
+    return (need - tokens) * WINDOW_S / capacity
 
 
 def demand_for(
@@ -101,10 +109,18 @@ def demand_for(
     team_limits: dict[str, int | None],
     input_tokens: int,
     output_tokens: int,
+    requests: int = 1,
+    slots: int = 1,
 ) -> Demand:
-    amounts = {"rpm": 1, "input_tpm": max(0, input_tokens), "output_tpm": max(0, output_tokens)}
+    """What a reservation takes: one request, or (requests or slots above 1) a
+    lease's block of `requests` with the block's token totals and `slots` slots."""
+    amounts = {
+        "rpm": max(1, requests),
+        "input_tpm": max(0, input_tokens),
+        "output_tpm": max(0, output_tokens),
+    }
     buckets: list[Bucket] = []
-    slots: list[Slot] = []
+    held: list[Slot] = []
     for scope, owner, limits in (("key", key_id, key_limits), ("team", team, team_limits)):
         if scope == "team" and not team:
             continue
@@ -114,8 +130,17 @@ def demand_for(
                 buckets.append(Bucket(name, scope, owner, capacity, amounts[name]))
         concurrent = limits.get("max_concurrent")
         if concurrent is not None:
-            slots.append(Slot(scope, owner, concurrent))
-    return Demand(tuple(buckets), tuple(slots))
+            held.append(Slot(scope, owner, concurrent))
+    block = requests > 1 or slots > 1
+    return Demand(tuple(buckets), tuple(held), max(1, slots), block)
+
+
+def slot_members(reservation_id: str, count: int, kept: frozenset[int] = frozenset()) -> list[str]:
+    """The slot entries of one reservation: its id, or `<id>:<i>` for a lease's many
+    (but the `kept` ones: each is the slot of a one-request reservation `<id>:<i>`)."""
+    if count <= 1:
+        return [reservation_id]
+    return [f"{reservation_id}:{i}" for i in range(count) if i not in kept]
 
 
 def tightest(levels: list[BucketLevel], names: tuple[str, ...]) -> BucketLevel | None:

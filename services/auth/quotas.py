@@ -16,6 +16,11 @@ from services.auth.ledger import UsageLedger
 from services.auth.limiter import BucketLevel, Demand, LimitExceeded, demand_for, tightest
 
 MAX_RESERVATION_ID = 64  # the ledger's column
+MAX_LEASE_SLOTS = 10_000  # slots one lease may hold (each is an entry in the counter store)
+# A settle's usage may carry these: how many of a lease's requests were admitted,
+# and the slot entries its still running requests keep (Settlement's fields).
+ADMITTED = "admitted_requests"
+KEPT = "kept_slots"
 
 
 class Counters(Protocol):
@@ -23,8 +28,15 @@ class Counters(Protocol):
         self, demand: Demand, reservation_id: str, lease_s: float
     ) -> list[BucketLevel]: ...
 
-    async def settle(self, demand: Demand, reservation_id: str, refunds: dict[str, int]) -> bool:
-        """Idempotent per reservation id: False when it was settled before."""
+    async def settle(
+        self,
+        demand: Demand,
+        reservation_id: str,
+        refunds: dict[str, int],
+        kept: frozenset[int] = frozenset(),
+    ) -> bool:
+        """Idempotent per reservation id: False when it was settled before. `kept`:
+        a lease's slot entries (indices) left held, each settled later on its own."""
         ...
 
     async def close(self) -> None: ...
@@ -39,6 +51,8 @@ class Reservation:
     team_limits: Limits
     input_tokens: int
     output_tokens: int
+    requests: int = 1  # above 1 (or slots above 1): a lease, a block the caller admits from
+    slots: int = 1
 
     @functools.cached_property
     def demand(self) -> Demand:
@@ -49,6 +63,8 @@ class Reservation:
             self.team_limits.as_dict(),
             self.input_tokens,
             self.output_tokens,
+            self.requests,
+            self.slots,
         )
 
 
@@ -117,6 +133,8 @@ class Quotas:
         team_limits: Limits,
         input_tokens: int,
         output_tokens: int,
+        requests: int = 1,
+        slots: int = 1,
     ) -> Admitted:
         if input_tokens < 0 or output_tokens < 0:
             raise ServiceError(
@@ -125,8 +143,23 @@ class Quotas:
                 "token estimates must not be negative",
                 param="input_tokens",
             )
+        if requests < 0 or not 0 <= slots <= MAX_LEASE_SLOTS:
+            raise ServiceError(
+                Kind.INVALID_ARGUMENT,
+                "INVALID_FIELD",
+                f"requests must not be negative and slots must be 0 to {MAX_LEASE_SLOTS}",
+                param="slots" if requests >= 0 else "requests",
+            )
         reservation = Reservation(
-            uuid.uuid4().hex, key_id, team, key_limits, team_limits, input_tokens, output_tokens
+            uuid.uuid4().hex,
+            key_id,
+            team,
+            key_limits,
+            team_limits,
+            input_tokens,
+            output_tokens,
+            max(1, requests),
+            max(1, slots),
         )
         demand = reservation.demand
         levels: list[BucketLevel] = []
@@ -156,7 +189,9 @@ class Quotas:
                     param="settles.reservation.id",
                 )
         rows = [
-            {**usage, "reservation_id": r.id} for r, usage, part in settles if Part.LEDGER in part
+            {k: v for k, v in usage.items() if k not in (ADMITTED, KEPT)} | {"reservation_id": r.id}
+            for r, usage, part in settles
+            if Part.LEDGER in part
         ]
         parts = [
             self._settle_counters(r, usage)
@@ -175,8 +210,11 @@ class Quotas:
 
     async def _settle_counters(self, reservation: Reservation, usage: dict[str, Any]) -> None:
         refunds = {
+            # A lease gives back the requests it did not admit; a request used its one.
+            "rpm": reservation.requests - int(usage.get(ADMITTED, reservation.requests)),
             "input_tpm": reservation.input_tokens - int(usage.get("input_tokens", 0)),
             "output_tpm": reservation.output_tokens - int(usage.get("output_tokens", 0)),
         }
         with self.limits.guard():
-            await self.counters.settle(reservation.demand, reservation.id, refunds)
+            kept = frozenset(usage.get(KEPT, ()))
+            await self.counters.settle(reservation.demand, reservation.id, refunds, kept)

@@ -132,6 +132,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             held.team_limits,
             request.input_tokens,
             request.output_tokens,
+            request.requests,
+            request.slots,
         )
         return pb.ReserveQuotaResponse(
             reservation=convert.reservation_message(admitted.reservation),
@@ -144,7 +146,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             [
                 (
                     convert.reservation_value(s.reservation),
-                    convert.usage_row(s.usage),
+                    convert.settle_usage(s),
                     convert.settle_part(s.part),
                 )
                 for s in settles

@@ -191,3 +191,120 @@ def test_parallel_reservations_admit_exactly_the_capacity(counters: Any, run: An
         return await asyncio.gather(*(one() for _ in range(50)))
 
     assert sum(run(scenario())) == 10
+
+
+def test_a_lease_block_is_reserved_whole_and_settled_once(counters: Any, run: Any) -> None:
+    """A lease takes many requests, tokens and slots in one atomic step, must fit
+    whole, and its settle gives back unused requests and tokens and every slot once."""
+    key = owner()
+    limits = {"rpm": 100, "output_tpm": 1000, "max_concurrent": 10}
+    block = demand_for(key, "", limits, {}, 0, 400, requests=40, slots=6)
+    one = demand_for(key, "", limits, {}, 0, 0)
+
+    async def scenario() -> list[BucketLevel]:
+        lease = uuid.uuid4().hex
+        levels = await counters.reserve(block, lease, 60)
+        assert {lv.bucket.limit: round(lv.tokens) for lv in levels} == {
+            "rpm": 60,
+            "output_tpm": 600,
+        }
+        # 6 of 10 slots are the lease's: a second block of 6 does not fit, and took nothing.
+        with pytest.raises(LimitExceeded) as caught:
+            await counters.reserve(block, uuid.uuid4().hex, 60)
+        assert caught.value.limit == "max_concurrent"
+        singles = [uuid.uuid4().hex for _ in range(4)]
+        for rid in singles:
+            await counters.reserve(one, rid, 60)
+        with pytest.raises(LimitExceeded):
+            await counters.reserve(one, uuid.uuid4().hex, 60)  # 6 + 4 slots held
+        for rid in singles:
+            await counters.settle(one, rid, {})
+        # A block must fit whole: 56 requests left, a block of 57 is refused.
+        big = demand_for(key, "", {"rpm": 100}, {}, 0, 0, requests=57)
+        with pytest.raises(LimitExceeded) as caught:
+            await counters.reserve(big, uuid.uuid4().hex, 60)
+        assert caught.value.limit == "rpm"
+        # The lease admitted 15 requests that used 100 output tokens.
+        assert await counters.settle(block, lease, {"rpm": 40 - 15, "output_tpm": 400 - 100})
+        assert not await counters.settle(block, lease, {"rpm": 25, "output_tpm": 300})
+        # Its 6 slots are free again: a new block of 6 plus 4 singles fit.
+        return await counters.reserve(block, uuid.uuid4().hex, 60)
+
+    levels = run(scenario())
+    # rpm: 100 - 40 - 4 + 25 - 40; output: 1000 - 400 + 300 - 400 (refills add a little).
+    assert {lv.bucket.limit: lv.tokens for lv in levels} == {
+        "rpm": pytest.approx(41, abs=0.5),
+        "output_tpm": pytest.approx(500, abs=1),
+    }
+
+
+def test_a_lease_settle_frees_all_its_slot_entries_in_redis(run: Any) -> None:
+    if not listening(REDIS):
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    from services.auth.counters_redis import RedisCounters
+
+    store = RedisCounters(REDIS_URL)
+    demand = demand_for(
+        owner(), owner(), {"max_concurrent": 3000}, {"max_concurrent": 5000}, 0, 0, 20, 2500
+    )
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        rid = uuid.uuid4().hex
+        await store.reserve(demand, rid, 60)
+        held = [await store.redis.zcard(s.state_key) for s in demand.slots]
+        await store.settle(demand, rid, {"rpm": 20})
+        left = [await store.redis.zcard(s.state_key) for s in demand.slots]
+        await store.close()
+        return held, left
+
+    held, left = run(scenario())
+    assert held == [2500, 2500]  # key and team: every slot of the block, in both
+    assert left == [0, 0]
+
+
+def test_a_block_larger_than_a_bucket_is_refused_even_when_full(counters: Any, run: Any) -> None:
+    demand = demand_for(owner(), "", {"rpm": 10}, {}, 0, 0, requests=11)
+    with pytest.raises(LimitExceeded):
+        run(counters.reserve(demand, uuid.uuid4().hex, 60))
+
+
+def test_a_lease_settle_keeps_the_slots_of_running_requests_until_they_settle(
+    counters: Any, run: Any
+) -> None:
+    """A lease settled while two of its requests run frees its other slots; each of
+    those two frees its own entry later as the one-request reservation `<id>:<i>`."""
+    key = owner()
+    limits = {"max_concurrent": 4, "input_tpm": 1000}
+    lease = uuid.uuid4().hex
+    block = demand_for(key, "", limits, {}, 400, 0, requests=10, slots=4)
+    one = demand_for(key, "", limits, {}, 0, 0)
+
+    async def fits() -> int:
+        """How many single requests fit now (then given back)."""
+        taken = []
+        try:
+            for _ in range(5):
+                rid = uuid.uuid4().hex
+                await counters.reserve(one, rid, 60)
+                taken.append(rid)
+        except LimitExceeded:
+            pass
+        for rid in taken:
+            await counters.settle(one, rid, {})
+        return len(taken)
+
+    async def scenario() -> list[int]:
+        await counters.reserve(block, lease, 60)
+        found = [await fits()]
+        # Admitted 3; one ended using 10 tokens, two run holding 100 reserved each.
+        await counters.settle(block, lease, {"input_tpm": 400 - 210}, frozenset({1, 3}))
+        found.append(await fits())
+        running = demand_for(key, "", limits, {}, 100, 0)
+        assert await counters.settle(running, f"{lease}:1", {"input_tpm": 100 - 40})
+        assert not await counters.settle(running, f"{lease}:1", {"input_tpm": 60})
+        found.append(await fits())
+        await counters.settle(running, f"{lease}:3", {"input_tpm": 100 - 100})
+        found.append(await fits())
+        return found
+
+    assert run(scenario()) == [0, 2, 3, 4]

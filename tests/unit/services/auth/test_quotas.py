@@ -16,7 +16,7 @@ from services.auth.counters import MemoryCounters
 from services.auth.dependencies import redis_dependency
 from services.auth.keys import Limits
 from services.auth.ledger import UsageLedger
-from services.auth.quotas import Part, Quotas
+from services.auth.quotas import ADMITTED, MAX_LEASE_SLOTS, Part, Quotas
 from services.auth.store import KeyStore
 
 
@@ -105,3 +105,36 @@ def test_parts_sent_apart_each_take_effect_once(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert store.usage_totals({}, None)[0]["requests"] == 2
+
+
+def test_a_lease_settle_gives_back_the_requests_it_did_not_admit(tmp_path: Path) -> None:
+    """A lease of 10 requests that admitted 3 gives 7 back to rpm (a request's
+    settle gives none back); tokens go back to the admitted requests' sums."""
+    store = KeyStore(f"sqlite:///{tmp_path / 'q.db'}")
+    store.migrate()
+    quotas = Quotas(MemoryCounters(), UsageLedger(store, 30), 3600, redis_dependency())
+    limits = Limits(rpm=20, input_tpm=1000, max_concurrent=4)
+
+    async def scenario() -> list[int]:
+        lease = await quotas.reserve("k", "t", limits, Limits(), 500, 0, requests=10, slots=3)
+        assert (lease.reservation.requests, lease.reservation.slots) == (10, 3)
+        with pytest.raises(ServiceError):  # 3 of 4 slots are the lease's
+            await quotas.reserve("k", "t", limits, Limits(), 0, 0, requests=2, slots=2)
+        used = usage() | {"input_tokens": 120, ADMITTED: 3}
+        await quotas.settle([(lease.reservation, used, Part.LIMITS)])
+        await quotas.settle([(lease.reservation, used, Part.LIMITS)])  # resent: no effect
+        after = await quotas.reserve("k", "t", limits, Limits(), 0, 0, requests=4, slots=4)
+        assert after.requests is not None and after.tokens is not None
+        return [round(after.requests.tokens), round(after.tokens.tokens)]
+
+    # rpm 20 - 10 + 7 - 4; input 1000 - 500 + 380.
+    assert asyncio.run(scenario()) == [13, 880]
+    assert store.usage_totals({}, None)[0]["requests"] == 0  # limits part: no ledger row
+
+
+def test_a_lease_larger_than_allowed_is_a_bad_request(tmp_path: Path) -> None:
+    store = KeyStore(f"sqlite:///{tmp_path / 'q.db'}")
+    quotas = Quotas(MemoryCounters(), UsageLedger(store, 30), 3600, redis_dependency())
+    with pytest.raises(ServiceError) as refused:
+        asyncio.run(quotas.reserve("k", "", Limits(), Limits(), 0, 0, slots=MAX_LEASE_SLOTS + 1))
+    assert (refused.value.kind, refused.value.param) == (Kind.INVALID_ARGUMENT, "slots")
