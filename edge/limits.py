@@ -136,7 +136,7 @@ class Limiter:
         # request may need) go back within RIDE_S, its ledger row within
         # LEDGER_BATCH_S.
         self.limit_settles = SettleQueue(stub, wait_s=RIDE_S)
-        self.ledger_settles = SettleQueue(stub, wait_s=LEDGER_BATCH_S)
+        self.ledger_settles = SettleQueue(stub, wait_s=LEDGER_BATCH_S, paced=True)
         # False once auth answers UNIMPLEMENTED (older than SettleAndReserveQuota).
         self.riding = True
         # Requests refused by a limit, by (limit, scope, team), for /metrics.

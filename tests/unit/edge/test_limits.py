@@ -13,7 +13,7 @@ from grpc.aio import AioRpcError, Metadata
 from core import settles
 from edge import limits
 from edge.errors import NO_LIMIT, UNLIMITED_RATE_HEADERS, ApiError
-from edge.limits import Admission, Limiter, Usage
+from edge.limits import LEDGER_BATCH_S, Admission, Limiter, Usage
 
 
 class FakeAuth:
@@ -99,6 +99,26 @@ def test_settles_queue_while_one_call_is_in_flight_and_all_arrive() -> None:
     assert len(auth.limit_batches) < 5  # later settles rode along with earlier calls
     # The rows waited to share one call (and so one commit in auth).
     assert auth.batches == [every]
+
+
+def test_ledger_rows_go_in_one_call_per_batch_wait_not_one_per_round_trip() -> None:
+    """Under steady traffic the rows of 50 ms share a call (auth's cost is per call),
+    while a limits settle still goes as soon as it may."""
+    auth = FakeAuth()
+
+    async def scenario() -> None:
+        limiter = Limiter(auth, default_output_tokens=64)  # type: ignore[arg-type]
+        admission = await limiter.reserve(FREE, 10, 5, "rid")
+        started = asyncio.get_running_loop().time()
+        for i in range(150):  # a row every 2 ms for 0.3 s; a call takes 10 ms
+            limiter.settle(admission, Usage(f"r{i}", "m", False, ""))
+            await asyncio.sleep(0.002)
+        elapsed = asyncio.get_running_loop().time() - started
+        await limiter.drain()
+        assert len(auth.batches) <= elapsed / LEDGER_BATCH_S + 2  # ~7, not ~30
+
+    asyncio.run(scenario())
+    assert [rid for batch in auth.batches for rid in batch] == [f"r{i}" for i in range(150)]
 
 
 def test_a_limits_settle_rides_on_the_next_reservation_instead_of_a_call_of_its_own() -> None:
