@@ -265,7 +265,11 @@ def test_admin_creates_uses_watches_and_revokes_a_key(page: Any, stack: Stack, s
     expect(page.locator("#inspect-slot pre")).to_contain_text(batch_input.id)
     shoot(page, shots, "09-batches")
     page.get_by_role("button", name=f"Cancel {batch.id}").click()
-    page.locator("#confirm").get_by_role("button", name="Cancel batch").click()
+    # The page's own cancel call, waited for as long as a loaded machine needs (it
+    # shares one SQLite file with every service here), then what the row shows.
+    with page.expect_response(lambda r: r.url.endswith("/cancel"), timeout=30_000) as sent:
+        page.locator("#confirm").get_by_role("button", name="Cancel batch").click()
+    assert sent.value.status == 200, sent.value.text()
     expect(page.locator("#batches-table tr", has_text=batch.id)).to_contain_text(
         re.compile("cancelling|cancelled")
     )
