@@ -169,16 +169,7 @@ class Limiter:
             if leased is not None:
                 self.admissions["leased"] += 1
                 return leased
-        request = pb.ReserveQuotaRequest(
-            key_id=principal.key_id,
-            team=principal.team,
-            key_limits=principal.limits,
-            team_limits=principal.team_limits,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            request_id=request_id,
-            traceparent=tracing.traceparent(),
-        )
+        request = reserve_request(principal, input_tokens, output_tokens, request_id)
         try:
             answer = await self._reserve(request)
         except grpc.aio.AioRpcError as error:
@@ -240,18 +231,10 @@ class Limiter:
     async def _lease_call(
         self, key: BookKey, principal: pb.Principal, plan: Plan, request_id: str
     ) -> bool:
-        request = pb.ReserveQuotaRequest(
-            key_id=principal.key_id,
-            team=principal.team,
-            key_limits=principal.limits,
-            team_limits=principal.team_limits,
-            input_tokens=plan.input_tokens or 0,
-            output_tokens=plan.output_tokens or 0,
-            requests=plan.requests,
-            slots=plan.slots or 1,
-            request_id=request_id,
-            traceparent=tracing.traceparent(),
+        request = reserve_request(
+            principal, plan.input_tokens or 0, plan.output_tokens or 0, request_id
         )
+        request.requests, request.slots = plan.requests, plan.slots or 1
         try:
             answer = await self._reserve(request)
         except grpc.aio.AioRpcError as error:
@@ -326,6 +309,22 @@ class Limiter:
         no usage is lost."""
         self.leases.retire_all()
         await asyncio.gather(self.limit_settles.drain(timeout), self.ledger_settles.drain(timeout))
+
+
+def reserve_request(
+    principal: pb.Principal, input_tokens: int, output_tokens: int, request_id: str
+) -> pb.ReserveQuotaRequest:
+    """A reservation of one request (a lease sets `requests` and `slots` on it)."""
+    return pb.ReserveQuotaRequest(
+        key_id=principal.key_id,
+        team=principal.team,
+        key_limits=principal.limits,
+        team_limits=principal.team_limits,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        request_id=request_id,
+        traceparent=tracing.traceparent(),
+    )
 
 
 def _unused(reservation: pb.Reservation) -> pb.Settlement:
