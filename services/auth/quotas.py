@@ -188,11 +188,7 @@ class Quotas:
                     f"(1 to {MAX_RESERVATION_ID} characters).",
                     param="settles.reservation.id",
                 )
-        rows = [
-            {k: v for k, v in usage.items() if k not in (ADMITTED, KEPT)} | {"reservation_id": r.id}
-            for r, usage, part in settles
-            if Part.LEDGER in part
-        ]
+        rows = [_ledger_row(usage, r.id) for r, usage, part in settles if Part.LEDGER in part]
         parts = [
             self._settle_counters(r, usage)
             for r, usage, part in settles
@@ -218,3 +214,12 @@ class Quotas:
         with self.limits.guard():
             kept = frozenset(usage.get(KEPT, ()))
             await self.counters.settle(reservation.demand, reservation.id, refunds, kept)
+
+
+def _ledger_row(usage: dict[str, Any], reservation_id: str) -> dict[str, Any]:
+    """The usage as a ledger row: without a lease settle's fields (only a lease's
+    settle carries them, so for every other row the pops find nothing)."""
+    row = {**usage, "reservation_id": reservation_id}
+    row.pop(ADMITTED, None)
+    row.pop(KEPT, None)
+    return row
