@@ -49,7 +49,7 @@ class Reply:
     status: int = 200
     message: str = ""
     headers: tuple[tuple[str, str], ...] = ()
-    usage: bool = True  # send usage (only when the request asked for it, like OpenAI)
+    usage: bool = True  # send usage (a stream only when the request asked for it, like OpenAI)
     finish: str = "stop"
     break_after: int | None = None  # stream: cut the connection after this many chunks
     done: bool = True  # stream: end with `data: [DONE]`
@@ -315,7 +315,10 @@ class FakeUpstream:
                 chunk = {**base, "choices": [{"index": 0, "delta": delta}]}
                 await send({"type": "http.response.body", "body": _event(chunk), "more_body": True})
         tail = [{**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reply.finish}]}]
-        wants_usage = (body.get("stream_options") or {}).get("include_usage")
+        # OpenAI sends usage with every whole answer, with a stream only when asked.
+        wants_usage = not body.get("stream") or (body.get("stream_options") or {}).get(
+            "include_usage"
+        )
         if reply.usage and wants_usage:
             tail.append({**base, "choices": [], "usage": _usage(body, texts)})
         events = b"".join(_event(c) for c in tail) + (b"data: [DONE]\n\n" if reply.done else b"")

@@ -64,7 +64,7 @@ def sampling(s: pb.SamplingParams) -> Sampling:
     )
 
 
-def chat_request(message: pb.StreamChatCompletionRequest) -> ChatRequest:
+def chat_request(message: pb.StreamChatCompletionRequest, whole: bool = False) -> ChatRequest:
     return ChatRequest(
         model=message.model,
         messages=tuple(_message(i, m) for i, m in enumerate(message.messages)),
@@ -78,6 +78,7 @@ def chat_request(message: pb.StreamChatCompletionRequest) -> ChatRequest:
         parallel_tool_calls=(
             message.parallel_tool_calls if message.HasField("parallel_tool_calls") else None
         ),
+        whole=whole,
     )
 
 
@@ -116,7 +117,9 @@ def _bad_part(param: str, problem: str) -> ServiceError:
     )
 
 
-def completion_request(message: pb.StreamCompletionRequest) -> CompletionRequest:
+def completion_request(
+    message: pb.StreamCompletionRequest, whole: bool = False
+) -> CompletionRequest:
     prompts: list[Prompt] = [
         p.text if p.WhichOneof("input") != "tokens" else tuple(p.tokens.ids)
         for p in message.prompts
@@ -132,6 +135,7 @@ def completion_request(message: pb.StreamCompletionRequest) -> CompletionRequest
         fallback_models=tuple(message.fallback_models),
         allowed_models=tuple(message.allowed_models),
         configured_fallbacks=not message.no_configured_fallbacks,
+        whole=whole,
     )
 
 

@@ -107,6 +107,9 @@ class ChatRequest:
     tools_json: str = ""  # OpenAI `tools`, JSON array text; "" when none
     tool_choice_json: str = ""  # OpenAI `tool_choice` as JSON; "" when unset
     parallel_tool_calls: bool | None = None
+    # The caller takes the answer in one piece (a unary method): an upstream is
+    # asked for one JSON answer, not a stream of chunks.
+    whole: bool = False
 
     @property
     def media_needs(self) -> tuple[MediaNeed, ...]:
@@ -146,6 +149,7 @@ class CompletionRequest:
     fallback_models: tuple[str, ...] = ()
     allowed_models: tuple[str, ...] = ()
     configured_fallbacks: bool = True
+    whole: bool = False  # as ChatRequest's
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ Each request gets one deadline (the model's `timeout_s`) for everything. The
 balancer picks the replica with the fewest outstanding requests; connect
 failures and 502/503 answers are retried on another replica, but only before
 the upstream has answered: once a response has begun, its failure is the
-request's failure. The upstream is always asked to stream with usage, and
-everything one read delivered is forwarded as one batch.
+request's failure. A streamed request's upstream is asked to stream with
+usage, and everything one read delivered is forwarded as one batch; a whole
+one's (the unary methods) is asked for one JSON answer, whatever kind comes back.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class OpenAIBackend:
         chunks: ChatChunks,
     ) -> AsyncGenerator[Event, None]:
         deadline = asyncio.get_running_loop().time() + self.spec.timeout_s
-        replica, response = await self._open(path, payload, STREAM_HEADERS, deadline)
+        headers = JSON_HEADERS if request.whole else STREAM_HEADERS
+        replica, response = await self._open(path, payload, headers, deadline)
         try:
             if response.headers.get("content-type", "").startswith("text/event-stream"):
                 decoder = SseDecoder()
@@ -132,7 +134,7 @@ class OpenAIBackend:
                         yield deltas
                     if read is None:
                         break
-            else:  # a server that answered JSON although asked to stream
+            else:  # asked for JSON (request.whole), or a server that ignored `stream`
                 body = await response.read_all(MAX_COMPLETION_BODY, self._too_large)
                 deltas = chunks.completion(body)
                 if deltas:

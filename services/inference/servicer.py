@@ -291,7 +291,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> Answer | None:
         scope_models(request)
-        chat = convert.chat_request(request)
+        chat = convert.chat_request(request, whole=response is pb.ChatCompletionResponse)
         return await self._generate(
             lambda: self.router.stream_chat(chat),
             response,
@@ -307,7 +307,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> Answer | None:
         scope_models(request)
-        completion = convert.completion_request(request)
+        completion = convert.completion_request(request, whole=response is pb.CompletionResponse)
         return await self._generate(
             lambda: self.router.stream_completion(completion),
             response,

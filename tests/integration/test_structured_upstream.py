@@ -127,7 +127,7 @@ def test_completions_reach_the_upstream(client: openai.OpenAI, fake: FakeUpstrea
     assert fake.paths[-1].endswith("/completions") and "chat" not in fake.paths[-1]
     assert sent["prompt"] == ["a", "b"] and sent["suffix"] == "z" and sent["echo"] is True
     assert sent["n"] == 2 and sent["seed"] == 1 and sent["max_tokens"] == 5
-    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert sent["stream"] is False and "stream_options" not in sent  # whole: one JSON answer
     fake.queue(Reply.text("Hel", "lo"))
     chunks = list(
         client.completions.create(

@@ -129,7 +129,7 @@ def test_chat_reaches_the_upstream_with_its_model_name_key_and_usage_request(
     sent = fakes["a"].received[-1]
     assert sent["model"] == "served-single"
     assert sent["messages"] == HI
-    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert sent["stream"] is False and "stream_options" not in sent  # whole: one JSON answer
     assert (sent["max_tokens"], sent["temperature"], sent["stop"], sent["seed"]) == (
         7,
         0.5,
@@ -137,6 +137,18 @@ def test_chat_reaches_the_upstream_with_its_model_name_key_and_usage_request(
         3,
     )
     assert fakes["a"].headers[-1]["authorization"] == "Bearer sk-upstream-a"
+
+
+def test_a_json_request_takes_the_upstreams_whole_answer_and_its_usage(
+    client: openai.OpenAI, fakes: dict[str, FakeUpstream]
+) -> None:
+    fakes["a"].queue(Reply.json("The whole answer.", finish="length"))
+    reply = chat(client, "single", max_tokens=3)
+    assert fakes["a"].received[-1]["stream"] is False
+    assert reply.choices[0].message.content == "The whole answer."
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (PROMPT_TOKENS, 1)
 
 
 def test_stream_forwards_chunks_and_usage_only_when_asked(

@@ -32,12 +32,12 @@ DONE = b"[DONE]"
 
 def chat_payload(request: ChatRequest, upstream_model: str) -> bytes:
     messages = [_message(m) for m in request.messages]
-    body: dict[str, Any] = {
-        "model": upstream_model,
-        "messages": messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},  # always: the ledger needs it
-    }
+    body: dict[str, Any] = {"model": upstream_model, "messages": messages}
+    if request.whole:  # one JSON answer: cheaper to parse, and it always has usage
+        body["stream"] = False
+    else:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}  # always: the ledger needs it
     s = request.sampling
     add_sampling(body, s)
     if request.user:

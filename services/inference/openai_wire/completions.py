@@ -18,11 +18,11 @@ from services.inference.openai_wire.sampling import add_sampling, response_forma
 
 
 def completion_payload(request: CompletionRequest, upstream_model: str) -> bytes:
-    """A `/completions` body. With `best_of` the upstream cannot stream (OpenAI
-    refuses both), so it is asked for one JSON answer."""
+    """A `/completions` body. The upstream is asked for one JSON answer when the
+    caller takes it whole, and with `best_of` (OpenAI refuses it with `stream`)."""
     prompts = [p if isinstance(p, str) else list(p) for p in request.prompts]
     s = request.sampling
-    streams = not (request.best_of is not None and request.best_of > 1)
+    streams = not request.whole and not (request.best_of is not None and request.best_of > 1)
     body: dict[str, Any] = {
         "model": upstream_model,
         "prompt": prompts[0] if len(prompts) == 1 else prompts,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -13,12 +14,16 @@ from services.inference.embedding import EmbedRequest
 from services.inference.generation import (
     AudioInput,
     ChatRequest,
+    CompletionRequest,
     Delta,
     ImageInput,
     Message,
     Sampling,
+    TokenLogprob,
+    ToolCallDelta,
 )
 from services.inference.openai_wire.chat import ChatChunks, chat_payload
+from services.inference.openai_wire.completions import completion_payload
 from services.inference.openai_wire.embeddings import embeddings_payload, parse_embeddings
 from services.inference.openai_wire.errors import rejection
 
@@ -34,7 +39,7 @@ def chunk(content: str | None = None, finish: str | None = None, **extra: object
     return orjson.dumps({"choices": [choice], **extra})
 
 
-def test_chat_payload_always_streams_with_usage_and_only_set_parameters() -> None:
+def test_chat_payload_streams_with_usage_and_only_set_parameters() -> None:
     body = orjson.loads(chat_payload(REQUEST, "served"))
     assert body == {
         "model": "served",
@@ -46,6 +51,14 @@ def test_chat_payload_always_streams_with_usage_and_only_set_parameters() -> Non
         "stream_options": {"include_usage": True},
         "max_tokens": 5,
     }
+
+
+def test_a_whole_request_asks_for_one_json_answer() -> None:
+    body = orjson.loads(chat_payload(replace(REQUEST, whole=True), "served"))
+    assert body["stream"] is False and "stream_options" not in body
+    prompt = CompletionRequest("m", ("Hi",), Sampling(max_tokens=5), whole=True)
+    body = orjson.loads(completion_payload(prompt, "served"))
+    assert body["stream"] is False and "stream_options" not in body
 
 
 def test_chunks_of_one_read_stay_one_delta_each() -> None:
@@ -116,6 +129,38 @@ def test_a_whole_completion_is_accepted() -> None:
     }
     assert chunks.completion(orjson.dumps(body)) == [Delta(0, "hey", tokens=1)]
     assert chunks.finish(REQUEST).prompt_tokens == 3
+
+
+def test_a_whole_completion_keeps_every_choice_tool_call_and_logprob() -> None:
+    chunks = ChatChunks("m")
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    logprobs = {"content": [{"token": "x", "logprob": -0.25, "bytes": [120], "top_logprobs": []}]}
+    body = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"content": "x"},
+                "logprobs": logprobs,
+                "finish_reason": "stop",
+            },
+            {
+                "index": 1,
+                "message": {"content": None, "tool_calls": [call]},
+                "finish_reason": "tool_calls",
+            },
+        ],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 12},
+    }
+    assert chunks.completion(orjson.dumps(body)) == [
+        Delta(0, "x", (TokenLogprob("x", -0.25, b"x"),), tokens=1),
+        Delta(1, "", tool_calls=(ToolCallDelta(0, "c1", "f", '{"a": 1}'),)),
+    ]
+    finish = chunks.finish(REQUEST)
+    assert (finish.finish_reasons, finish.prompt_tokens, finish.completion_tokens) == (
+        {0: "stop", 1: "tool_calls"},
+        7,
+        12,
+    )
 
 
 @pytest.mark.parametrize(
