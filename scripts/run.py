@@ -37,7 +37,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import (
@@ -400,12 +399,13 @@ def announce(
     )
 
 
-@dataclass
 class Restarts:
     """When a crashed child may start again: after a backoff that doubles with each
-    recent crash; more than MAX_CRASHES within CRASH_WINDOW_S is not transient."""
+    recent crash; more than MAX_CRASHES within CRASH_WINDOW_S is not transient.
+    (A plain class: dataclasses would bring inspect into the supervisor, 1 MiB.)"""
 
-    crashes: list[float] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.crashes: list[float] = []
 
     def delay(self, now: float) -> float | None:
         """Seconds to wait before restarting; None to give up."""

@@ -9,11 +9,8 @@ older version are tightened at start-up.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -76,4 +73,8 @@ def _chmod(path: Path, mode: int) -> None:
     try:
         os.chmod(path, mode)
     except PermissionError:  # not ours (a mounted volume): say so, do not refuse to start
-        log.warning("cannot restrict the mode of %s", path, extra={"path": str(path)})
+        import logging  # here: the supervisor imports this module and logs nothing (0.8 MiB)
+
+        logging.getLogger(__name__).warning(
+            "cannot restrict the mode of %s", path, extra={"path": str(path)}
+        )
