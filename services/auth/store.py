@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Column,
     Float,
     Index,
     Integer,
+    MetaData,
     String,
     Table,
     bindparam,
@@ -33,8 +35,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 from sqlalchemy.sql.expression import BindParameter, Executable
 
 from services.auth.dependencies import database_dependency
@@ -44,87 +45,86 @@ from services.common import migrations
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "auth_alembic_version"
 
+# SQLAlchemy Core tables, not ORM classes: the ORM was 6 MiB of the idle process
+# for a handful of one-table statements.
+metadata = MetaData()
 
-class Base(DeclarativeBase):
-    pass
+API_KEYS = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("secret_hash", String(64), nullable=False, unique=True, index=True),
+    Column("preview", String(32), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("team", String(200), nullable=False, default=""),
+    Column("admin", Boolean, nullable=False, default=False),
+    Column("models", JSON, nullable=True),
+    Column("limits", JSON, nullable=False, default=dict),
+    Column("expires_at", Integer, nullable=True),
+    Column("created_at", Integer, nullable=False),
+    Column("last_used_at", Integer, nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
 
+TEAMS = Table(
+    "teams",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("limits", JSON, nullable=False, default=dict),
+)
 
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    secret_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    preview: Mapped[str] = mapped_column(String(32))
-    name: Mapped[str] = mapped_column(String(200))
-    team: Mapped[str] = mapped_column(String(200), default="")
-    admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-    limits: Mapped[dict[str, int | None]] = mapped_column(JSON, default=dict)
-    expires_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[int] = mapped_column(Integer)
-    last_used_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-
-    def to_record(self) -> KeyRecord:
-        return KeyRecord(
-            id=self.id,
-            name=self.name,
-            team=self.team,
-            preview=self.preview,
-            admin=self.admin,
-            models=tuple(self.models) if self.models is not None else None,
-            limits=Limits(**(self.limits or {})),
-            expires_at=self.expires_at,
-            created_at=self.created_at,
-            last_used_at=self.last_used_at,
-            revoked=self.revoked,
-        )
-
-
-class TeamRow(Base):
-    __tablename__ = "teams"
-
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    limits: Mapped[dict[str, int | None]] = mapped_column(JSON, default=dict)
-
-
-class UsageRow(Base):
-    __tablename__ = "usage_records"
-    # The usage report's ranges of one team or one key (migration 0005).
-    __table_args__ = (
-        Index("ix_usage_records_team_created_at", "team", "created_at"),
-        Index("ix_usage_records_key_id_created_at", "key_id", "created_at"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    request_id: Mapped[str] = mapped_column(String(128))  # the caller's: not unique
+USAGE = Table(
+    "usage_records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False),  # the caller's: not unique
     # One row per admitted request, enforced here: a settle delivered twice (a
     # retry after a lost answer, on any replica) inserts nothing the second time.
     # NULL only in rows written before migration 0002.
-    reservation_id: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
-    key_id: Mapped[str] = mapped_column(String(32), index=True)
-    team: Mapped[str] = mapped_column(String(200), index=True)
-    model: Mapped[str] = mapped_column(String(200), index=True)
-    input_tokens: Mapped[int] = mapped_column(Integer)
-    output_tokens: Mapped[int] = mapped_column(Integer)
-    latency_ms: Mapped[int] = mapped_column(Integer)
-    ttft_ms: Mapped[int] = mapped_column(Integer)
-    status: Mapped[int] = mapped_column(Integer)
-    error_code: Mapped[str] = mapped_column(String(100))
-    user: Mapped[str] = mapped_column(String(256))
-    stream: Mapped[bool] = mapped_column(Boolean)
-    created_at: Mapped[float] = mapped_column(Float, index=True)
+    Column("reservation_id", String(64), nullable=True, unique=True, index=True),
+    Column("key_id", String(32), nullable=False, index=True),
+    Column("team", String(200), nullable=False, index=True),
+    Column("model", String(200), nullable=False, index=True),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("latency_ms", Integer, nullable=False),
+    Column("ttft_ms", Integer, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("error_code", String(100), nullable=False),
+    Column("user", String(256), nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
     # The batch this request was a line of; "" for a live request (migration 0003).
-    batch_id: Mapped[str] = mapped_column(String(40), server_default="")
-    route: Mapped[str] = mapped_column(String(64), server_default="")
-
+    Column("batch_id", String(40), nullable=False, server_default=""),
+    Column("route", String(64), nullable=False, server_default=""),
+    # The usage report's ranges of one team or one key (migration 0005).
+    Index("ix_usage_records_team_created_at", "team", "created_at"),
+    Index("ix_usage_records_key_id_created_at", "key_id", "created_at"),
+)
 
 USAGE_GROUPS = {
-    "key": UsageRow.key_id,
-    "model": UsageRow.model,
-    "team": UsageRow.team,
-    "route": UsageRow.route,
+    "key": USAGE.c.key_id,
+    "model": USAGE.c.model,
+    "team": USAGE.c.team,
+    "route": USAGE.c.route,
 }
+
+
+def _key_record(row: RowMapping | dict[str, Any]) -> KeyRecord:
+    models = row["models"]
+    return KeyRecord(
+        id=row["id"],
+        name=row["name"],
+        team=row["team"],
+        preview=row["preview"],
+        admin=row["admin"],
+        models=tuple(models) if models is not None else None,
+        limits=Limits(**(row["limits"] or {})),
+        expires_at=row["expires_at"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked=row["revoked"],
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
@@ -163,30 +163,27 @@ class KeyStore:
         self.engine: Engine = create_engine(database_url, pool_pre_ping=backend != "sqlite")
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.database = database_dependency()
-        self._usage = Base.metadata.tables["usage_records"]
-        self._insert_usage = _insert_skipping_known(self.engine.dialect.name, self._usage)
-        keys = Base.metadata.tables["api_keys"]
+        self._insert_usage = _insert_skipping_known(self.engine.dialect.name, USAGE)
         when: BindParameter[int] = bindparam("when")
         self._stamp_last_use = (
-            update(keys)
-            .where(keys.c.id == bindparam("key"))
-            .where(or_(keys.c.last_used_at.is_(None), keys.c.last_used_at < when))
+            update(API_KEYS)
+            .where(API_KEYS.c.id == bindparam("key"))
+            .where(or_(API_KEYS.c.last_used_at.is_(None), API_KEYS.c.last_used_at < when))
             .values(last_used_at=when)
         )
 
     @contextlib.contextmanager
-    def _session(self, write: bool = False) -> Iterator[Session]:
-        """A session (a transaction when `write`); the database's faults become
-        UNAVAILABLE `DATABASE_UNAVAILABLE`, a commit's included."""
-        sessions = self._sessions.begin() if write else self._sessions()
-        with self.database.guard(), sessions as session:
-            yield session
+    def _connection(self, write: bool = False) -> Iterator[Connection]:
+        """A connection (in a transaction committed at the end when `write`); the
+        database's faults become UNAVAILABLE `DATABASE_UNAVAILABLE`, a commit's included."""
+        connection = self.engine.begin() if write else self.engine.connect()
+        with self.database.guard(), connection as opened:
+            yield opened
 
     def probe(self) -> None:
-        with self._session() as session:
-            session.execute(text("SELECT 1"))
+        with self._connection() as connection:
+            connection.execute(text("SELECT 1"))
 
     def migrate(self) -> None:
         migrations.migrate(self.engine, MIGRATIONS, VERSION_TABLE)
@@ -201,71 +198,87 @@ class KeyStore:
     # --- keys ---------------------------------------------------------------
 
     def find_by_hash(self, secret_hash: str) -> KeyRecord | None:
-        with self._session() as session:
-            row = session.scalar(select(ApiKey).where(ApiKey.secret_hash == secret_hash))
-            return row.to_record() if row else None
+        stmt = select(API_KEYS).where(API_KEYS.c.secret_hash == secret_hash)
+        with self._connection() as connection:
+            row = connection.execute(stmt).mappings().first()
+        return _key_record(row) if row else None
 
     def get(self, key_id: str) -> KeyRecord | None:
-        with self._session() as session:
-            row = session.get(ApiKey, key_id)
-            return row.to_record() if row else None
+        with self._connection() as connection:
+            row = _key_row(connection, key_id)
+        return _key_record(row) if row else None
 
     def all_keys(self, team: str = "") -> list[KeyRecord]:
         """Every key newest first, or one team's ("": every team)."""
-        stmt = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id)
+        stmt = select(API_KEYS).order_by(API_KEYS.c.created_at.desc(), API_KEYS.c.id)
         if team:
-            stmt = stmt.where(ApiKey.team == team)
-        with self._session() as session:
-            return [row.to_record() for row in session.scalars(stmt)]
+            stmt = stmt.where(API_KEYS.c.team == team)
+        with self._connection() as connection:
+            return [_key_record(row) for row in connection.execute(stmt).mappings()]
 
     def has_admin_key(self) -> bool:
-        with self._session() as session:
-            stmt = select(ApiKey.id).where(ApiKey.admin.is_(True), ApiKey.revoked.is_(False))
-            return session.scalar(stmt.limit(1)) is not None
+        stmt = select(API_KEYS.c.id).where(
+            API_KEYS.c.admin.is_(True), API_KEYS.c.revoked.is_(False)
+        )
+        with self._connection() as connection:
+            return connection.scalar(stmt.limit(1)) is not None
 
     def insert(self, record: KeyRecord, secret_hash: str) -> KeyRecord:
-        with self._session(write=True) as session:
-            session.add(_row(record, secret_hash))
+        with self._connection(write=True) as connection:
+            connection.execute(insert(API_KEYS).values(_key_values(record, secret_hash)))
         return record
 
     def save(self, record: KeyRecord) -> KeyRecord | None:
         """Write every field but the secret hash; None if the key does not exist."""
-        with self._session(write=True) as session:
-            row = session.get(ApiKey, record.id)
-            if row is None:
+        with self._connection(write=True) as connection:
+            changed = connection.execute(
+                update(API_KEYS)
+                .where(API_KEYS.c.id == record.id)
+                .values(
+                    name=record.name,
+                    team=record.team,
+                    admin=record.admin,
+                    models=list(record.models) if record.models is not None else None,
+                    limits=asdict(record.limits),
+                    expires_at=record.expires_at,
+                    revoked=record.revoked,
+                )
+            )
+            if not changed.rowcount:
                 return None
-            row.name, row.team, row.admin = record.name, record.team, record.admin
-            row.models = list(record.models) if record.models is not None else None
-            row.limits = asdict(record.limits)
-            row.expires_at, row.revoked = record.expires_at, record.revoked
-            return row.to_record()
+            row = _key_row(connection, record.id)
+        return _key_record(row) if row else None
 
     def ensure_active_admin(self, record: KeyRecord, secret_hash: str) -> KeyRecord:
         """Insert the key, or make an existing key with this hash an active admin."""
-        with self._session(write=True) as session:
-            row = session.scalar(select(ApiKey).where(ApiKey.secret_hash == secret_hash))
+        with self._connection(write=True) as connection:
+            row = (
+                connection.execute(select(API_KEYS).where(API_KEYS.c.secret_hash == secret_hash))
+                .mappings()
+                .first()
+            )
             if row is None:
-                row = _row(record, secret_hash)
-                session.add(row)
-            else:
-                row.admin, row.revoked, row.expires_at = True, False, None
-            session.flush()
-            return row.to_record()
+                values = _key_values(record, secret_hash)
+                connection.execute(insert(API_KEYS).values(values))
+                return _key_record({**values, "last_used_at": None})
+            active = {"admin": True, "revoked": False, "expires_at": None}
+            connection.execute(update(API_KEYS).where(API_KEYS.c.id == row["id"]).values(active))
+            return _key_record({**row, **active})
 
     # --- teams --------------------------------------------------------------
 
     def team_limits(self, team: str) -> Limits:
-        with self._session() as session:
-            row = session.get(TeamRow, team)
-            return Limits(**row.limits) if row and row.limits else Limits()
+        with self._connection() as connection:
+            limits = connection.scalar(select(TEAMS.c.limits).where(TEAMS.c.name == team))
+        return Limits(**limits) if limits else Limits()
 
     def set_team_limits(self, team: str, limits: Limits) -> Limits:
-        with self._session(write=True) as session:
-            row = session.get(TeamRow, team)
-            if row is None:
-                session.add(TeamRow(name=team, limits=asdict(limits)))
-            else:
-                row.limits = asdict(limits)
+        with self._connection(write=True) as connection:
+            changed = connection.execute(
+                update(TEAMS).where(TEAMS.c.name == team).values(limits=asdict(limits))
+            )
+            if not changed.rowcount:
+                connection.execute(insert(TEAMS).values(name=team, limits=asdict(limits)))
         return limits
 
     # --- usage --------------------------------------------------------------
@@ -282,17 +295,16 @@ class KeyStore:
         for row in rows:
             last_use[row["key_id"]] = max(last_use.get(row["key_id"], 0), int(row["created_at"]))
         stamps = [{"key": key_id, "when": when} for key_id, when in sorted(last_use.items())]
-        # Core statements built once, on a plain connection: settles wait for
-        # this transaction, and per-call statement building and the ORM
-        # session's bookkeeping were most of its CPU.
-        with self.database.guard(), self.engine.begin() as connection:
+        # Statements built once: settles wait for this transaction, and per-call
+        # statement building was most of its CPU.
+        with self._connection(write=True) as connection:
             if self._insert_usage is None:
                 ids = [row["reservation_id"] for row in rows]
-                known = self._usage.c.reservation_id.in_(ids)
-                seen = set(connection.scalars(select(self._usage.c.reservation_id).where(known)))
+                known = USAGE.c.reservation_id.in_(ids)
+                seen = set(connection.scalars(select(USAGE.c.reservation_id).where(known)))
                 rows = [row for row in rows if row["reservation_id"] not in seen]
                 if rows:
-                    connection.execute(insert(self._usage), rows)
+                    connection.execute(insert(USAGE), rows)
             else:
                 connection.execute(self._insert_usage, rows)
             connection.execute(self._stamp_last_use, stamps)
@@ -302,47 +314,43 @@ class KeyStore:
         stmt = select(
             *columns,
             func.count().label("requests"),
-            func.coalesce(func.sum(UsageRow.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(UsageRow.output_tokens), 0).label("output_tokens"),
-            func.coalesce(func.sum((UsageRow.status >= 400).cast(Integer)), 0).label("errors"),
+            func.coalesce(func.sum(USAGE.c.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(USAGE.c.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum((USAGE.c.status >= 400).cast(Integer)), 0).label("errors"),
         )
-        for name, column in (
-            ("key_id", UsageRow.key_id),
-            ("team", UsageRow.team),
-            ("model", UsageRow.model),
-            ("batch_id", UsageRow.batch_id),
-        ):
+        for name in ("key_id", "team", "model", "batch_id"):
             if filters.get(name):
-                stmt = stmt.where(column == filters[name])
+                stmt = stmt.where(USAGE.c[name] == filters[name])
         if filters.get("since") is not None:
-            stmt = stmt.where(UsageRow.created_at >= filters["since"])
+            stmt = stmt.where(USAGE.c.created_at >= filters["since"])
         if filters.get("until") is not None:
-            stmt = stmt.where(UsageRow.created_at < filters["until"])
+            stmt = stmt.where(USAGE.c.created_at < filters["until"])
         if group_by:
             stmt = stmt.group_by(USAGE_GROUPS[group_by]).order_by(USAGE_GROUPS[group_by])
-        with self._session() as session:
-            return [dict(row._mapping) for row in session.execute(stmt)]
+        with self._connection() as connection:
+            return [dict(row) for row in connection.execute(stmt).mappings()]
 
     def purge_usage(self, older_than: float) -> int:
-        with self._session(write=True) as session:
-            result = session.execute(delete(UsageRow).where(UsageRow.created_at < older_than))
-            return int(getattr(result, "rowcount", 0) or 0)
+        with self._connection(write=True) as connection:
+            result = connection.execute(delete(USAGE).where(USAGE.c.created_at < older_than))
+            return int(result.rowcount or 0)
 
 
-def _row(record: KeyRecord, secret_hash: str) -> ApiKey:
-    return ApiKey(
-        id=record.id,
-        secret_hash=secret_hash,
-        preview=record.preview,
-        name=record.name,
-        team=record.team,
-        admin=record.admin,
-        models=list(record.models) if record.models is not None else None,
-        limits=asdict(record.limits),
-        expires_at=record.expires_at,
-        created_at=record.created_at or int(time.time()),
-        revoked=record.revoked,
-    )
+def _key_row(connection: Connection, key_id: str) -> RowMapping | None:
+    return connection.execute(select(API_KEYS).where(API_KEYS.c.id == key_id)).mappings().first()
 
 
-__all__ = ["Base", "KeyStore", "Session", "replace"]
+def _key_values(record: KeyRecord, secret_hash: str) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "secret_hash": secret_hash,
+        "preview": record.preview,
+        "name": record.name,
+        "team": record.team,
+        "admin": record.admin,
+        "models": list(record.models) if record.models is not None else None,
+        "limits": asdict(record.limits),
+        "expires_at": record.expires_at,
+        "created_at": record.created_at or int(time.time()),
+        "revoked": record.revoked,
+    }

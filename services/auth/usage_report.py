@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Column,
     ColumnElement,
     Connection,
     Integer,
@@ -25,9 +26,8 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.orm import QueryableAttribute
 
-from services.auth.store import KeyStore, UsageRow
+from services.auth.store import USAGE, KeyStore
 
 BUCKET_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
 MAX_BUCKETS = 1500
@@ -73,17 +73,17 @@ def _measures() -> list[ColumnElement[Any]]:
     as few conditional sums as will do (they are most of the work per row):
     completions are all requests but embeddings, and rows without a first token
     add 0 to `ttft_total`."""
-    embedding = UsageRow.route == EMBEDDINGS_ROUTE
+    embedding = USAGE.c.route == EMBEDDINGS_ROUTE
     return [
         func.count().label("requests"),
-        func.sum(cast(UsageRow.status >= 400, Integer)).label("errors"),
-        func.sum(UsageRow.input_tokens).label("input_tokens"),
-        func.sum(UsageRow.output_tokens).label("output_tokens"),
-        func.sum(UsageRow.latency_ms).label("latency"),
+        func.sum(cast(USAGE.c.status >= 400, Integer)).label("errors"),
+        func.sum(USAGE.c.input_tokens).label("input_tokens"),
+        func.sum(USAGE.c.output_tokens).label("output_tokens"),
+        func.sum(USAGE.c.latency_ms).label("latency"),
         func.sum(case((embedding, 1), else_=0)).label("embedding_requests"),
-        func.sum(case((embedding, UsageRow.latency_ms), else_=0)).label("embedding_latency"),
-        func.sum(cast(UsageRow.ttft_ms > 0, Integer)).label("ttft_requests"),
-        func.sum(UsageRow.ttft_ms).label("ttft_total"),
+        func.sum(case((embedding, USAGE.c.latency_ms), else_=0)).label("embedding_latency"),
+        func.sum(cast(USAGE.c.ttft_ms > 0, Integer)).label("ttft_requests"),
+        func.sum(USAGE.c.ttft_ms).label("ttft_total"),
     ]
 
 
@@ -128,9 +128,9 @@ def _bucket_start(dialect: str, seconds: int) -> ColumnElement[Any]:
     PostgreSQL's CAST rounds to nearest, so it floors; SQLite's truncates, and
     ledger times are positive, so truncation is the floor there."""
     if dialect == "postgresql":
-        start = cast(func.floor(UsageRow.created_at / seconds), BigInteger)
+        start = cast(func.floor(USAGE.c.created_at / seconds), BigInteger)
     else:
-        start = cast(UsageRow.created_at / seconds, BigInteger)
+        start = cast(USAGE.c.created_at / seconds, BigInteger)
     return (start * seconds).label("start")
 
 
@@ -146,24 +146,24 @@ class UsageReports:
 
     def _filtered(self, scope: ReportScope, *columns: Any) -> Select[Any]:
         stmt = select(*columns, *_measures()).where(
-            UsageRow.created_at >= scope.since, UsageRow.created_at < scope.until
+            USAGE.c.created_at >= scope.since, USAGE.c.created_at < scope.until
         )
         if scope.team:
-            stmt = stmt.where(UsageRow.team == scope.team)
+            stmt = stmt.where(USAGE.c.team == scope.team)
         if scope.key_id:
-            stmt = stmt.where(UsageRow.key_id == scope.key_id)
+            stmt = stmt.where(USAGE.c.key_id == scope.key_id)
         return stmt
 
     def report(self, scope: ReportScope) -> Report:
         start = _bucket_start(self.engine.dialect.name, BUCKET_SECONDS[scope.bucket])
-        parts: dict[str, tuple[QueryableAttribute[Any], int | None]] = {
-            "keys": (UsageRow.key_id, scope.top),
-            "models": (UsageRow.model, None),  # every model with rows
+        parts: dict[str, tuple[Column[Any], int | None]] = {
+            "keys": (USAGE.c.key_id, scope.top),
+            "models": (USAGE.c.model, None),  # every model with rows
         }
         if not scope.team and not scope.key_id:
-            parts["teams"] = (UsageRow.team, scope.top)
+            parts["teams"] = (USAGE.c.team, scope.top)
         if scope.key_id:
-            parts["users"] = (UsageRow.user, scope.top)
+            parts["users"] = (USAGE.c.user, scope.top)
         # One connection; on PostgreSQL (READ COMMITTED) rows landing meanwhile may
         # show in one part and not another: for a dashboard, close enough.
         with self.database.guard(), self.engine.connect() as connection:
@@ -187,7 +187,7 @@ class UsageReports:
         connection: Connection,
         scope: ReportScope,
         start: ColumnElement[Any],
-        parts: dict[str, tuple[QueryableAttribute[Any], int | None]],
+        parts: dict[str, tuple[Column[Any], int | None]],
     ) -> tuple[list[tuple[int, dict[str, int]]], dict[str, list[tuple[str, dict[str, int]]]]]:
         """A GROUP BY per part (SQLite has no GROUPING SETS)."""
         stmt = self._filtered(scope, start).group_by(start).order_by(start)
@@ -212,7 +212,7 @@ class UsageReports:
         connection: Connection,
         scope: ReportScope,
         start: ColumnElement[Any],
-        parts: dict[str, tuple[QueryableAttribute[Any], int | None]],
+        parts: dict[str, tuple[Column[Any], int | None]],
     ) -> tuple[list[tuple[int, dict[str, int]]], dict[str, list[tuple[str, dict[str, int]]]]]:
         """Buckets and every part from one read of the range: GROUP BY GROUPING
         SETS, each result row told apart by GROUPING(), a bit per column (set

@@ -14,18 +14,21 @@ from pathlib import Path
 
 from sqlalchemy import (
     BigInteger,
+    Column,
+    ColumnElement,
     Integer,
+    MetaData,
     String,
+    Table,
     Text,
     create_engine,
     delete,
     event,
     func,
+    insert,
     select,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.sql import Select
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from services.common import migrations
 from services.files.records import FileRecord, KeptResponse
@@ -35,62 +38,51 @@ VERSION_TABLE = "files_alembic_version"
 # The revision whose schema `create_all` used to make, for databases from before Alembic.
 BASELINE = "0001"
 
+# SQLAlchemy Core tables, not ORM classes: the ORM was 6 MiB of the idle process
+# for a handful of one-table statements.
+metadata = MetaData()
 
-class Base(DeclarativeBase):
-    pass
-
-
-class StoredFile(Base):
-    __tablename__ = "files"
-
+FILES = Table(
+    "files",
+    metadata,
     # Insertion order: listings page by it, so files created in the same second
     # still come back in the order they were made.
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    id: Mapped[str] = mapped_column(String(40), unique=True, index=True)
-    team: Mapped[str] = mapped_column(String(200), index=True)
-    filename: Mapped[str] = mapped_column(String(255))
-    purpose: Mapped[str] = mapped_column(String(32))
-    bytes: Mapped[int] = mapped_column(BigInteger)
-    content_type: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[int] = mapped_column(BigInteger)
-    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True, index=True),
+    Column("team", String(200), nullable=False, index=True),
+    Column("filename", String(255), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True, index=True),
+)
 
-    def to_record(self) -> FileRecord:
-        return FileRecord(
-            id=self.id,
-            team=self.team,
-            filename=self.filename,
-            purpose=self.purpose,
-            bytes=self.bytes,
-            created_at=self.created_at,
-            content_type=self.content_type,
-            expires_at=self.expires_at,
-        )
+# Kept Responses API answers; the JSON texts are the edge's, kept as sent.
+RESPONSES = Table(
+    "stored_responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("team", String(200), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+    Column("response_json", Text, nullable=False),
+    Column("input_items_json", Text, nullable=False),
+    Column("conversation_json", Text, nullable=False),
+)
 
 
-class StoredResponse(Base):
-    """A kept Responses API answer; the JSON texts are the edge's, kept as sent."""
-
-    __tablename__ = "stored_responses"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    team: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[int] = mapped_column(BigInteger)
-    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
-    response_json: Mapped[str] = mapped_column(Text)
-    input_items_json: Mapped[str] = mapped_column(Text)
-    conversation_json: Mapped[str] = mapped_column(Text)
-
-    def to_record(self) -> KeptResponse:
-        return KeptResponse(
-            id=self.id,
-            team=self.team,
-            created_at=self.created_at,
-            expires_at=self.expires_at,
-            response_json=self.response_json,
-            input_items_json=self.input_items_json,
-            conversation_json=self.conversation_json,
-        )
+def _file_record(row: RowMapping) -> FileRecord:
+    return FileRecord(
+        id=row["id"],
+        team=row["team"],
+        filename=row["filename"],
+        purpose=row["purpose"],
+        bytes=row["bytes"],
+        created_at=row["created_at"],
+        content_type=row["content_type"],
+        expires_at=row["expires_at"],
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
@@ -100,11 +92,13 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
-def _live(statement: Select[StoredFile], team: str, now: int) -> Select[StoredFile]:
-    return statement.where(
-        StoredFile.team == team,
-        (StoredFile.expires_at.is_(None)) | (StoredFile.expires_at > now),
-    )
+def _unexpired(now: int) -> ColumnElement[bool]:
+    return (FILES.c.expires_at.is_(None)) | (FILES.c.expires_at > now)
+
+
+def _live(team: str, now: int) -> list[ColumnElement[bool]]:
+    """A team's files that have not expired."""
+    return [FILES.c.team == team, _unexpired(now)]
 
 
 class FileStore:
@@ -112,47 +106,42 @@ class FileStore:
         self.engine: Engine = create_engine(database_url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def migrate(self) -> None:
-        migrations.migrate(
-            self.engine, MIGRATIONS, VERSION_TABLE, adopt=(StoredFile.__tablename__, BASELINE)
-        )
+        migrations.migrate(self.engine, MIGRATIONS, VERSION_TABLE, adopt=(FILES.name, BASELINE))
 
     def close(self) -> None:
         self.engine.dispose()
 
     def team_usage(self, team: str, now: int) -> int:
-        with self._sessions() as session:
-            return _usage(session, team, now)
+        with self.engine.connect() as connection:
+            return _usage(connection, team, now)
 
     def usage_by_team(self, now: int) -> list[tuple[str, int]]:
         """Live bytes per team, largest first."""
-        with self._sessions() as session:
-            rows = session.execute(
-                select(StoredFile.team, func.sum(StoredFile.bytes))
-                .where((StoredFile.expires_at.is_(None)) | (StoredFile.expires_at > now))
-                .group_by(StoredFile.team)
-                .order_by(func.sum(StoredFile.bytes).desc())
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(FILES.c.team, func.sum(FILES.c.bytes))
+                .where(_unexpired(now))
+                .group_by(FILES.c.team)
+                .order_by(func.sum(FILES.c.bytes).desc())
             )
             return [(team, int(total or 0)) for team, total in rows]
 
     def insert_if_fits(self, record: FileRecord, quota_bytes: int) -> tuple[bool, int]:
         """Insert unless the team's live files plus this one exceed `quota_bytes`
         (0: no quota). Answers whether it was inserted and the usage before."""
-        with self._sessions.begin() as session:
-            usage = _usage(session, record.team, record.created_at) if quota_bytes else 0
+        with self.engine.begin() as connection:
+            usage = _usage(connection, record.team, record.created_at) if quota_bytes else 0
             if quota_bytes and usage + record.bytes > quota_bytes:
                 return False, usage
-            session.add(_row(record))
+            connection.execute(insert(FILES).values(dataclasses.asdict(record)))
         return True, usage
 
     def get(self, team: str, file_id: str, now: int) -> FileRecord | None:
-        with self._sessions() as session:
-            row = session.scalar(
-                _live(select(StoredFile), team, now).where(StoredFile.id == file_id)
-            )
-            return row.to_record() if row else None
+        with self.engine.connect() as connection:
+            row = _live_file(connection, team, file_id, now)
+        return _file_record(row) if row else None
 
     def page(
         self,
@@ -165,100 +154,89 @@ class FileStore:
         ascending: bool,
     ) -> tuple[list[FileRecord], bool] | None:
         """One page and whether more follow; None when `after` is no file of the team."""
-        with self._sessions() as session:
-            statement = _live(select(StoredFile), team, now)
+        with self.engine.connect() as connection:
+            statement = select(FILES).where(*_live(team, now))
             if purpose:
-                statement = statement.where(StoredFile.purpose == purpose)
+                statement = statement.where(FILES.c.purpose == purpose)
             if after:
-                cursor = session.scalar(
-                    select(StoredFile.seq).where(StoredFile.team == team, StoredFile.id == after)
+                cursor = connection.scalar(
+                    select(FILES.c.seq).where(FILES.c.team == team, FILES.c.id == after)
                 )
                 if cursor is None:
                     return None
                 statement = statement.where(
-                    StoredFile.seq > cursor if ascending else StoredFile.seq < cursor
+                    FILES.c.seq > cursor if ascending else FILES.c.seq < cursor
                 )
-            order = StoredFile.seq.asc() if ascending else StoredFile.seq.desc()
-            rows = list(session.scalars(statement.order_by(order).limit(limit + 1)))
-        return [row.to_record() for row in rows[:limit]], len(rows) > limit
+            order = FILES.c.seq.asc() if ascending else FILES.c.seq.desc()
+            rows = list(connection.execute(statement.order_by(order).limit(limit + 1)).mappings())
+        return [_file_record(row) for row in rows[:limit]], len(rows) > limit
 
     def delete(self, team: str, file_id: str, now: int) -> FileRecord | None:
-        with self._sessions.begin() as session:
-            row = session.scalar(
-                _live(select(StoredFile), team, now).where(StoredFile.id == file_id)
-            )
+        with self.engine.begin() as connection:
+            row = _live_file(connection, team, file_id, now)
             if row is None:
                 return None
-            session.delete(row)
-            return row.to_record()
+            connection.execute(delete(FILES).where(FILES.c.seq == row["seq"]))
+        return _file_record(row)
 
     def expired(self, now: int, limit: int) -> list[FileRecord]:
-        with self._sessions() as session:
-            rows = session.scalars(
-                select(StoredFile)
-                .where(StoredFile.expires_at.is_not(None), StoredFile.expires_at <= now)
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(FILES)
+                .where(FILES.c.expires_at.is_not(None), FILES.c.expires_at <= now)
                 .limit(limit)
-            )
-            return [row.to_record() for row in rows]
+            ).mappings()
+            return [_file_record(row) for row in rows]
 
     def remove(self, file_id: str) -> None:
-        with self._sessions.begin() as session:
-            row = session.scalar(select(StoredFile).where(StoredFile.id == file_id))
-            if row is not None:
-                session.delete(row)
+        with self.engine.begin() as connection:
+            connection.execute(delete(FILES).where(FILES.c.id == file_id))
 
     # --- kept Responses API answers --------------------------------------------
 
     def put_response(self, record: KeptResponse) -> bool:
         """Insert; False when the id is already kept."""
-        with self._sessions.begin() as session:
-            if session.get(StoredResponse, record.id) is not None:
+        with self.engine.begin() as connection:
+            if connection.scalar(select(RESPONSES.c.id).where(RESPONSES.c.id == record.id)):
                 return False
-            session.add(StoredResponse(**dataclasses.asdict(record)))
+            connection.execute(insert(RESPONSES).values(dataclasses.asdict(record)))
         return True
 
     def get_response(self, team: str, response_id: str, now: int) -> KeptResponse | None:
-        with self._sessions() as session:
-            row = session.get(StoredResponse, response_id)
-            if row is None or row.team != team or row.expires_at <= now:
-                return None
-            return row.to_record()
+        with self.engine.connect() as connection:
+            row = (
+                connection.execute(select(RESPONSES).where(RESPONSES.c.id == response_id))
+                .mappings()
+                .first()
+            )
+        if row is None or row["team"] != team or row["expires_at"] <= now:
+            return None
+        return KeptResponse(**row)
 
     def delete_response(self, team: str, response_id: str, now: int) -> bool:
-        with self._sessions.begin() as session:
-            result = session.execute(
-                delete(StoredResponse).where(
-                    StoredResponse.id == response_id,
-                    StoredResponse.team == team,
-                    StoredResponse.expires_at > now,
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                delete(RESPONSES).where(
+                    RESPONSES.c.id == response_id,
+                    RESPONSES.c.team == team,
+                    RESPONSES.c.expires_at > now,
                 )
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(result.rowcount)
 
     def purge_responses(self, now: int) -> int:
-        with self._sessions.begin() as session:
-            result = session.execute(delete(StoredResponse).where(StoredResponse.expires_at <= now))
-            return int(result.rowcount)  # type: ignore[attr-defined]
+        with self.engine.begin() as connection:
+            result = connection.execute(delete(RESPONSES).where(RESPONSES.c.expires_at <= now))
+            return int(result.rowcount)
 
 
-def _usage(session: Session, team: str, now: int) -> int:
-    total = session.scalar(
-        select(func.coalesce(func.sum(StoredFile.bytes), 0)).where(
-            StoredFile.team == team,
-            (StoredFile.expires_at.is_(None)) | (StoredFile.expires_at > now),
-        )
+def _live_file(connection: Connection, team: str, file_id: str, now: int) -> RowMapping | None:
+    statement = select(FILES).where(*_live(team, now), FILES.c.id == file_id)
+    return connection.execute(statement).mappings().first()
+
+
+def _usage(connection: Connection, team: str, now: int) -> int:
+    total = connection.scalar(
+        select(func.coalesce(func.sum(FILES.c.bytes), 0)).where(*_live(team, now))
     )
     return int(total or 0)
-
-
-def _row(record: FileRecord) -> StoredFile:
-    return StoredFile(
-        id=record.id,
-        team=record.team,
-        filename=record.filename,
-        purpose=record.purpose,
-        bytes=record.bytes,
-        content_type=record.content_type,
-        created_at=record.created_at,
-        expires_at=record.expires_at,
-    )

@@ -45,9 +45,9 @@ def record(number: int) -> FileRecord:
 def make_legacy(url: str, *numbers: int) -> None:
     """A `files` table as the service made it before migrations, with some rows."""
     legacy = FileStore(url)
-    files_store.Base.metadata.create_all(
+    files_store.metadata.create_all(
         legacy.engine,
-        tables=[files_store.StoredFile.__table__],  # type: ignore[list-item]
+        tables=[files_store.FILES],
     )
     for number in numbers:
         assert legacy.insert_if_fits(record(number), quota_bytes=0) == (True, 0)
@@ -120,13 +120,13 @@ def test_auth_and_files_migrate_one_postgres_database(
         files.migrate()
         keys.migrate()  # each again: a restart finds nothing to do
         files.migrate()
-        files_store.Base.metadata.create_all(reference.engine)
+        files_store.metadata.create_all(reference.engine)
 
         assert revision(keys.engine, auth_store.VERSION_TABLE) == "0005"
         assert revision(files.engine, files_store.VERSION_TABLE) == FILES_HEAD
-        assert drift(keys.engine, auth_store.Base.metadata) == []
-        assert drift(files.engine, files_store.Base.metadata) == []
-        assert drift(files.engine, batch_store.BatchBase.metadata) == []
+        assert drift(keys.engine, auth_store.metadata) == []
+        assert drift(files.engine, files_store.metadata) == []
+        assert drift(files.engine, batch_store.batch_metadata) == []
         assert shape(files.engine, "files") == shape(reference.engine, "files")
         tables = set(sqlalchemy.inspect(files.engine).get_table_names())
         assert "alembic_version" not in tables
@@ -155,7 +155,7 @@ def test_a_legacy_postgres_files_table_is_stamped_and_keeps_its_rows(
         files.migrate()
         assert revision(files.engine, files_store.VERSION_TABLE) == FILES_HEAD
         assert revision(keys.engine, auth_store.VERSION_TABLE) == "0005"
-        assert drift(files.engine, files_store.Base.metadata) == []
+        assert drift(files.engine, files_store.metadata) == []
         assert files.team_usage("t", NOW) == 60
         # The serial sequence the old table made keeps counting past its rows.
         assert files.insert_if_fits(record(4), quota_bytes=1000) == (True, 60)

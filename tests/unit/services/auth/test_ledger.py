@@ -18,7 +18,7 @@ from core.errors import Kind, ServiceError
 from services.auth import ledger as ledger_module
 from services.auth.keys import KeyRecord, hash_secret, new_key_id
 from services.auth.ledger import UsageLedger
-from services.auth.store import MIGRATIONS, VERSION_TABLE, Base, KeyStore, UsageRow
+from services.auth.store import MIGRATIONS, USAGE, VERSION_TABLE, KeyStore, metadata
 from tests.schema_checks import drift, revision
 
 
@@ -188,13 +188,13 @@ def test_a_ledger_from_before_0002_upgrades_with_its_rows_and_then_dedupes(tmp_p
     old_row = row("a", time.time())
     del old_row["reservation_id"]
     with old.engine.begin() as connection:
-        connection.execute(UsageRow.__table__.insert(), [old_row, old_row])  # type: ignore[attr-defined]
+        connection.execute(USAGE.insert(), [old_row, old_row])
     old.close()
 
     store = KeyStore(url)
     store.migrate()
     assert revision(store.engine, VERSION_TABLE) == "0005"
-    assert drift(store.engine, Base.metadata) == []  # the models match the migrations
+    assert drift(store.engine, metadata) == []  # the models match the migrations
     again = row("a", time.time())
     store.add_usage([again])
     store.add_usage([again])

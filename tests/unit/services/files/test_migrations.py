@@ -14,7 +14,7 @@ from services.auth import store as auth_store
 from services.auth.store import VERSION_TABLE as AUTH_VERSION_TABLE
 from services.auth.store import KeyStore
 from services.files.records import FileRecord
-from services.files.store import VERSION_TABLE, Base, FileStore, StoredFile
+from services.files.store import FILES, VERSION_TABLE, FileStore, metadata
 from tests.schema_checks import drift, revision, shape
 
 NOW = 1_700_000_000
@@ -23,7 +23,7 @@ HEAD = "0004"  # 0002: batches, 0003: stored_responses, 0004: batch line starts
 
 def _legacy_schema(engine: sqlalchemy.engine.Engine) -> None:
     """What `create_all` made before Alembic: the files table only."""
-    Base.metadata.create_all(engine, tables=[StoredFile.__table__])  # type: ignore[list-item]
+    metadata.create_all(engine, tables=[FILES])
 
 
 def record(number: int, team: str = "t") -> FileRecord:
@@ -50,7 +50,7 @@ def test_a_fresh_database_is_migrated_to_the_models_schema(tmp_path: Path, url: 
     _legacy_schema(legacy.engine)
     try:
         assert revision(store.engine, VERSION_TABLE) == HEAD
-        assert drift(store.engine, Base.metadata) == []
+        assert drift(store.engine, metadata) == []
         assert shape(store.engine, "files") == shape(legacy.engine, "files")
     finally:
         store.close()
@@ -88,7 +88,7 @@ def test_a_database_made_by_create_all_is_stamped_and_keeps_its_rows(url: str) -
     store.migrate()
     try:
         assert revision(store.engine, VERSION_TABLE) == HEAD
-        assert drift(store.engine, Base.metadata) == []
+        assert drift(store.engine, metadata) == []
         assert store.get("t", record(2).id, NOW) == record(2)
         assert store.team_usage("t", NOW) == 60
         assert store.insert_if_fits(record(4), quota_bytes=1000) == (True, 60)
@@ -130,8 +130,8 @@ def test_auth_and_files_migrate_one_database_independently(url: str, first: str)
         assert {"api_keys", "teams", "usage_records", "files"} <= tables
         assert {AUTH_VERSION_TABLE, VERSION_TABLE} <= tables
         assert "alembic_version" not in tables
-        assert drift(keys.engine, auth_store.Base.metadata) == []
-        assert drift(files.engine, Base.metadata) == []
+        assert drift(keys.engine, auth_store.metadata) == []
+        assert drift(files.engine, metadata) == []
         assert files.insert_if_fits(record(1), quota_bytes=0) == (True, 0)
         assert keys.all_keys() == []
     finally:
