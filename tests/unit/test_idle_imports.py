@@ -127,3 +127,17 @@ def test_the_supervisor_keeps_out_what_only_the_services_use(tmp_path: Path) -> 
     for heavy in ("urllib.request", "http.client", "ssl", "prometheus_client", "grpc",
                   "logging", "inspect"):  # fmt: skip
         assert heavy not in loaded, heavy
+
+
+def test_the_edge_serves_its_openapi_document_without_keeping_it_at_idle(tmp_path: Path) -> None:
+    loaded = imported_by(
+        """
+from edge.app import create_app
+from edge.config import Settings
+
+create_app(Settings.from_env())
+""",
+        tmp_path,
+    )
+    assert "edge.app" in loaded
+    assert "edge.openapi" not in loaded  # imported by the first GET /openapi.json
