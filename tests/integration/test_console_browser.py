@@ -241,8 +241,10 @@ def test_admin_creates_uses_watches_and_revokes_a_key(page: Any, stack: Stack, s
     with pytest.raises(openai.NotFoundError):
         stack.sdk().files.retrieve(uploaded.id)
 
-    # A slow batch: inspected, then cancelled from the page.
-    upstream.default = Reply.stream("slow", first_delay_s=0.5)
+    # A slow batch: inspected, then cancelled from the page. 30 lines, 4 at a time,
+    # 2 s each: in progress for 15 s, longer than the page's steps take on a loaded
+    # machine (with 0.5 s a line the batch once completed before its cancel).
+    upstream.default = Reply.stream("slow", first_delay_s=2.0)
     lines = b"".join(
         orjson.dumps(
             {
@@ -274,6 +276,7 @@ def test_admin_creates_uses_watches_and_revokes_a_key(page: Any, stack: Stack, s
         re.compile("cancelling|cancelled")
     )
     assert stack.sdk().batches.retrieve(batch.id).status in ("cancelling", "cancelled")
+    upstream.default = Reply()
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
