@@ -213,13 +213,18 @@ class BatchBook:
         await self._check_lease(batch_id, worker_id)
         now = int(self.clock())
         if status == "completed":
-            await asyncio.to_thread(
+            finalizing = await asyncio.to_thread(
                 self.store.set_fields,
                 batch_id,
                 ("in_progress",),
                 status="finalizing",
                 finalizing_at=now,
             )
+            # A cancel accepted after the worker's last record (its last lines
+            # ran): the batch ends cancelled, as its owner was told. Once
+            # finalizing, a cancel is refused instead, so one of the two wins.
+            if finalizing is None and (await self.get_any(batch_id)).status == "cancelling":
+                status = "cancelled"
         try:
             output = await self._write(record, ok=True)
             error = await self._write(record, ok=False)

@@ -151,6 +151,27 @@ def test_cancel_marks_cancelling_until_the_worker_ends_it(book: BatchBook) -> No
     assert ended.status == "cancelled" and ended.cancelled_at and not ended.output_file_id
 
 
+def test_a_cancel_after_the_last_line_ran_ends_the_batch_cancelled(book: BatchBook) -> None:
+    batch_id = create(book, input_file(book))
+    asyncio.run(book.claim("w", 30))
+    asyncio.run(book.start(batch_id, "w", 1))
+    asyncio.run(book.record(batch_id, "w", [LineResult(0, "a", True, b"{}")]))
+    assert asyncio.run(book.cancel("t", batch_id)).status == "cancelling"  # the owner is told
+    ended = asyncio.run(book.finish(batch_id, "w", "completed", []))  # the worker had not seen it
+    assert ended.status == "cancelled" and ended.cancelled_at and not ended.completed_at
+    assert ended.output_file_id  # the line that ran is kept
+
+
+def test_a_finalizing_batch_refuses_a_cancel(book: BatchBook) -> None:
+    batch_id = create(book, input_file(book))
+    asyncio.run(book.claim("w", 30))
+    asyncio.run(book.start(batch_id, "w", 1))
+    book.store.set_fields(batch_id, ("in_progress",), status="finalizing")
+    with pytest.raises(ServiceError) as refused:
+        asyncio.run(book.cancel("t", batch_id))
+    assert refused.value.reason == "BATCH_NOT_CANCELLABLE"
+
+
 def test_results_over_the_team_quota_fail_the_batch_instead_of_looping(book: BatchBook) -> None:
     file_id = input_file(book)
     book.files.limits = Limits(MB, 20, MB)  # the input (9 bytes) fits, the results do not
