@@ -113,7 +113,9 @@ def wait_for_requests(page: Any, count: int) -> None:
         page.wait_for_timeout(300)
 
 
-def test_admin_creates_uses_watches_and_revokes_a_key(page: Any, stack: Stack, shots: Path) -> None:
+def test_admin_creates_uses_watches_and_revokes_a_key(
+    page: Any, stack: Stack, upstream: FakeUpstream, shots: Path
+) -> None:
     page.goto(f"{stack.base_url}/ui/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     shoot(page, shots, "01-sign-in")
@@ -243,7 +245,8 @@ def test_admin_creates_uses_watches_and_revokes_a_key(page: Any, stack: Stack, s
 
     # A slow batch: inspected, then cancelled from the page. 30 lines, 4 at a time,
     # 2 s each: in progress for 15 s, longer than the page's steps take on a loaded
-    # machine (with 0.5 s a line the batch once completed before its cancel).
+    # machine. (This test once set the delay on the fixture function, not on the
+    # upstream, so its lines ran at full speed and the batch could finish first.)
     upstream.default = Reply.stream("slow", first_delay_s=2.0)
     lines = b"".join(
         orjson.dumps(
@@ -276,7 +279,6 @@ def test_admin_creates_uses_watches_and_revokes_a_key(page: Any, stack: Stack, s
         re.compile("cancelling|cancelled")
     )
     assert stack.sdk().batches.retrieve(batch.id).status in ("cancelling", "cancelled")
-    upstream.default = Reply()
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
